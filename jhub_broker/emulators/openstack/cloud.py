@@ -350,7 +350,9 @@ class Cloud:
     # -- quota usage -------------------------------------------------------
     def usage(self, project_id):
         servers = [s for s in self.servers.values() if s["tenant_id"] == project_id]
-        flavors = [self.flavors.get(s["flavor"]["id"]) or {} for s in servers]
+        # the server's embedded flavor (Nova 2.47+) counts, even if the flavor was deleted since
+        flavors = [s["flavor"] if "vcpus" in s["flavor"] else self.flavors.get(s["flavor"].get("id")) or {}
+                   for s in servers]
         return {
             "instances": len(servers),
             "cores": sum(f.get("vcpus", 0) for f in flavors),

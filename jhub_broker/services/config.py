@@ -1,0 +1,93 @@
+"""Add the broker service, its RBAC scopes and roles to a JupyterHub config."""
+import json
+import os
+import socket
+import sys
+
+from traitlets.config import Config
+
+from .scopes import CUSTOM_SCOPES, MANAGE, VIEW
+
+
+def _section(c, name):
+    if name not in c:
+        c[name] = Config() if isinstance(c, Config) else {}
+    return c[name]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Passed from the hub's environment to the service: where packages come from and how TLS/proxies work.
+PASS_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY",
+            "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+PASS_ENV_PREFIXES = ("PIP_", "UV_")
+
+
+def service_config(c, name="broker", port=None, environments_root="/opt/jhub-broker/environments",
+                   jupyter_data_dir=None, db_url=None, managers=(), manager_groups=(), all_users_view=True,
+                   initial_environments=(), extra_args=(), environment=None, python=sys.executable):
+    """Add the broker as a hub-managed service to ``c`` (a traitlets ``Config`` or a nested dict).
+
+    - ``c.JupyterHub.services`` gets the service (started by the hub, OAuth without a confirm page);
+    - ``c.JupyterHub.custom_scopes`` gets ``custom:broker-environments:{manage,view}``;
+    - role ``broker-managers`` (manage + view + access) goes to ``managers``/``manager_groups``;
+      hub admins may always manage (the service checks the hub's admin flag);
+    - ``initial_environments`` (e.g. ``[{"name": "example", "requirements": ["six"]}]``) are built at the
+      service's first start (the demo's ready example);
+    - with ``all_users_view``, the default ``user`` role may open the service and view environments;
+    - the hub's TLS, proxy and index settings (``SSL_CERT_FILE``, ``HTTPS_PROXY``, ``PIP_*``, ``UV_*``) are
+      passed to the service, plus ``environment``;
+    - ``c.Spawner.environment['JUPYTER_PATH']`` gets the shared kernels' data dir, so every user's
+      server lists the published kernels.
+
+    Returns the service's URL.
+    """
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    data_dir = jupyter_data_dir or os.path.join(environments_root, ".jupyter")
+    cmd = [python, "-m", "jhub_broker.services", f"--BrokerService.environments_root={environments_root}",
+           f"--BrokerService.jupyter_data_dir={data_dir}"]
+    if db_url:
+        cmd.append(f"--BrokerService.db_url={db_url}")
+    cmd += list(extra_args)
+    access = f"access:services!service={name}"
+    jh = _section(c, "JupyterHub")
+    services = list(jh.get("services", []))
+    spec = {"name": name, "url": url, "command": cmd, "oauth_no_confirm": True, "display": True,
+            "oauth_client_allowed_scopes": [MANAGE, VIEW]}
+    env_vars = {k: v for k, v in os.environ.items() if k in PASS_ENV or k.startswith(PASS_ENV_PREFIXES)}
+    if initial_environments:
+        env_vars["JHUB_BROKER_INITIAL_ENVIRONMENTS"] = json.dumps(list(initial_environments))
+    env_vars.update(environment or {})
+    if env_vars:
+        spec["environment"] = env_vars
+    services.append(spec)
+    jh["services"] = services
+
+    custom = dict(jh.get("custom_scopes", {}))
+    custom.update(CUSTOM_SCOPES)
+    jh["custom_scopes"] = custom
+
+    roles = [r for r in jh.get("load_roles", []) if r.get("name") not in ("broker-managers",)]
+    roles.append({"name": "broker-managers", "description": "Manage shared Python environments",
+                  "scopes": [MANAGE, VIEW, access], "users": list(managers), "groups": list(manager_groups)})
+    if all_users_view:
+        user_role = next((r for r in roles if r.get("name") == "user"), None)
+        if user_role is None:
+            user_role = {"name": "user", "scopes": ["self"]}
+            roles.append(user_role)
+        user_role["scopes"] = sorted(set(user_role.get("scopes", ["self"])) | {access, VIEW})
+    jh["load_roles"] = roles
+
+    sp = _section(c, "Spawner")
+    env = dict(sp.get("environment", {}))
+    paths = [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    if data_dir not in paths:
+        paths.append(data_dir)
+    env["JUPYTER_PATH"] = os.pathsep.join(paths)
+    sp["environment"] = env
+    return url

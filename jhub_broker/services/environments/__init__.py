@@ -1,0 +1,1 @@
+"""Shared Python environments: validation, building, kernels, drift, and the VM-side sync."""

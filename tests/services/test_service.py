@@ -1,0 +1,486 @@
+"""The broker service behind a real hub: what an admin and a user see and can do.
+
+Tests in this module run in order and share one hub, one service and one environments root.
+"""
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+
+import requests
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from jhub_broker.services.environments.builder import find_uv
+
+ENV = "demo"
+KERNEL = "broker-demo"
+
+
+async def test_service_is_up_behind_the_proxy(broker_hub):
+    r = await broker_hub.api("GET", "me", user="admin")
+    assert r.status_code == 200, r.text
+    assert r.json()["can_manage"] is True
+    r = await broker_hub.api("GET", "me", user="alice")
+    assert r.status_code == 200, r.text
+    assert r.json()["can_manage"] is False
+    r = await broker_hub.client.request("GET", broker_hub.service + "api/environments")
+    assert r.status_code == 403
+
+
+# ---------------------------------------------------------------- helpers: a user's real server
+async def start_server(hub, name):
+    r = await hub.client.request("POST", hub.base_url + f"hub/api/users/{name}/server", token=hub.token("admin"))
+    assert r.status_code in (201, 202, 400), r.text  # 400: already running
+    for _ in range(240):
+        r = await hub.client.request("GET", hub.base_url + f"hub/api/users/{name}", token=hub.token("admin"))
+        m = r.json()
+        if m["server"] and not m["pending"]:
+            return hub.base_url + f"user/{name}/"
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"server of {name} did not start: {m}")
+
+
+async def kernelspecs(hub, name):
+    url = await start_server(hub, name)
+    r = await hub.client.request("GET", url + "api/kernelspecs", token=hub.token(name))
+    assert r.status_code == 200, r.text
+    return r.json()["kernelspecs"]
+
+
+async def run_in_kernel(hub, name, kernel_name, code):
+    """Start ``kernel_name`` in ``name``'s server, execute ``code``; return (status, stdout, error text)."""
+    url = await start_server(hub, name)
+    token = hub.token(name)
+    r = await hub.client.request("POST", url + "api/kernels", token=token, json={"name": kernel_name})
+    assert r.status_code == 201, r.text
+    kid = r.json()["id"]
+    ws_url = hub.client.base.replace("http", "ws", 1) + url + f"api/kernels/{kid}/channels"
+    conn = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {token}"}))
+    session = uuid.uuid4().hex
+
+    def request(msg_type, content):
+        msg_id = uuid.uuid4().hex
+        conn.write_message(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": msg_type, "username": name, "session": session,
+                       "version": "5.3", "date": ""},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [], "content": content}))
+        return msg_id
+
+    async def reply_to(msg_id, msg_type, timeout):
+        while True:
+            msg = json.loads(await asyncio.wait_for(conn.read_message(), timeout))
+            if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == msg_type:
+                return msg
+
+    # the kernel may still be starting: ask until it answers, then execute
+    for _ in range(24):
+        try:
+            await reply_to(request("kernel_info_request", {}), "kernel_info_reply", 5)
+            break
+        except asyncio.TimeoutError:
+            continue
+    msg_id = request("execute_request", {"code": code, "silent": False, "store_history": False,
+                                         "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
+    out, err, status = [], [], None
+    try:
+        while True:
+            raw = await asyncio.wait_for(conn.read_message(), 120)
+            assert raw is not None, "kernel websocket closed"
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            t = msg["msg_type"]
+            if t == "stream":
+                out.append(msg["content"]["text"])
+            elif t == "error":
+                err.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+            elif t == "execute_reply":
+                status = msg["content"]["status"]
+            elif t == "status" and msg["content"]["execution_state"] == "idle" and status:
+                break
+    finally:
+        conn.close()
+        await hub.client.request("DELETE", url + f"api/kernels/{kid}", token=token)
+    return status, "".join(out), "\n".join(err)
+
+
+async def stream_log(hub, env, number, user="admin"):
+    """Read the build log as server-sent events; return (lines, done-event, status seen at first line)."""
+    url = hub.client.base + hub.service + f"api/environments/{env}/builds/{number}/log"
+
+    def read():
+        lines, done, first_status = [], None, None
+        with requests.get(url, headers={"Authorization": f"token {hub.token(user)}",
+                                        "Accept": "text/event-stream"}, stream=True, timeout=600) as r:
+            assert r.status_code == 200, r.text
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            event = None
+            for raw in r.iter_lines(decode_unicode=True):
+                if raw.startswith("event:"):
+                    event = raw[6:].strip()
+                elif raw.startswith("data:"):
+                    data = raw[5:].strip()
+                    if event == "done":
+                        done = json.loads(data)
+                        break
+                    if first_status is None:
+                        s = requests.get(hub.client.base + hub.service + f"api/environments/{env}",
+                                         headers={"Authorization": f"token {hub.token(user)}"}, timeout=30)
+                        first_status = next(b["status"] for b in s.json()["builds"] if b["number"] == number)
+                    lines.append(data)
+                elif raw == "":
+                    event = None
+        return lines, done, first_status
+
+    return await asyncio.to_thread(read)
+
+
+# ---------------------------------------------------------------- the story
+async def test_admin_creates_env_log_streams_and_users_get_the_kernel(broker_hub):
+    hub = broker_hub
+    r = await hub.api("POST", "environments", json={"name": ENV, "display_name": "Demo <b>env</b>",
+                                                    "requirements": ["six"]})
+    assert r.status_code == 201, r.text
+    assert r.json()["build"]["number"] == 1
+
+    lines, done, first_status = await stream_log(hub, ENV, 1)
+    assert done == {"status": "ready", "number": 1}, "\n".join(lines)
+    assert first_status in ("queued", "building", "testing"), "the log arrived while the build was running"
+    text = "\n".join(lines)
+    assert "installing with" in text and "six==" in text and "smoke test passed" in text
+    if os.geteuid() == 0:
+        assert "(as nobody)" in text  # the smoke test ran as an unprivileged user, like users' kernels
+
+    env = (await hub.api("GET", f"environments/{ENV}")).json()
+    assert env["current_build"] == 1 and env["requirements"] == ["six"]
+
+    specs = await kernelspecs(hub, "alice")
+    assert KERNEL in specs
+    assert specs[KERNEL]["spec"]["display_name"] == "Demo <b>env</b>"
+    status, out, err = await run_in_kernel(hub, "alice", KERNEL, "import six, sys; print('six', six.__version__, sys.prefix)")
+    assert status == "ok", err
+    assert out.startswith("six 1.")
+
+    # alice cannot change the shared environment from her kernel: files are not writable by her
+    status, out, err = await run_in_kernel(hub, "alice", KERNEL,
+                                           "import six, os; print(os.access(six.__file__, os.W_OK), os.access(os.path.dirname(six.__file__), os.W_OK))")
+    assert status == "ok", err
+    assert out.strip() == "False False"
+
+    r = await hub.api("GET", f"environments/{ENV}/lockfile", user="alice")
+    assert r.status_code == 200
+    assert "six==" in r.text and "ipykernel==" in r.text
+    assert all("==" in line for line in r.text.splitlines() if line)
+
+
+async def test_add_package_then_rollback_restores_previous_set(broker_hub):
+    hub = broker_hub
+    r = await hub.api("POST", f"environments/{ENV}/packages", json={"add": ["tomli"]})
+    assert r.status_code == 202, r.text
+    b = await hub.wait_build(ENV, 2)
+    assert b["status"] == "ready" and b["current"]
+    status, out, err = await run_in_kernel(hub, "alice", KERNEL, "import tomli, six; print('ok')")
+    assert status == "ok", err
+
+    r = await hub.api("POST", f"environments/{ENV}/rollback", json={})
+    assert r.status_code == 200, r.text
+    env = (await hub.api("GET", f"environments/{ENV}")).json()
+    assert env["current_build"] == 1
+    assert env["requirements"] == ["six"]
+    status, out, err = await run_in_kernel(hub, "alice", KERNEL, "import six\nimport tomli")
+    assert status == "error" and "No module named 'tomli'" in err
+
+
+async def test_hand_installed_package_is_detected_and_adopted(broker_hub):
+    hub = broker_hub
+    py = os.path.join(hub.root, ENV, "current", "bin", "python")
+    subprocess.run([find_uv(), "pip", "install", "-q", "--python", py, "tomli"], check=True)
+    env = (await hub.api("GET", f"environments/{ENV}")).json()
+    assert "tomli" in env["drift"]["extra"]
+    r = await hub.client.request("GET", hub.service + f"environments/{ENV}", token=hub.token("admin"))
+    assert "installed by hand: tomli==" in r.text
+
+    r = await hub.api("POST", f"environments/{ENV}/drift", json={"action": "adopt"})
+    assert r.status_code == 202, r.text
+    b = await hub.wait_build(ENV, r.json()["build"]["number"])
+    assert b["status"] == "ready"
+    env = (await hub.api("GET", f"environments/{ENV}")).json()
+    assert any(s.startswith("tomli==") for s in env["requirements"])
+    assert env["drift"] == {"extra": {}, "missing": {}, "changed": {}}
+
+
+async def test_failed_build_keeps_the_published_one(broker_hub):
+    hub = broker_hub
+    before = (await hub.api("GET", f"environments/{ENV}")).json()
+    r = await hub.api("POST", f"environments/{ENV}/packages", json={"add": ["six==0.0.1"]})
+    assert r.status_code == 202, r.text
+    b = await hub.wait_build(ENV, r.json()["build"]["number"])
+    assert b["status"] == "failed"
+    log = (await hub.api("GET", f"environments/{ENV}/builds/{b['number']}/log")).text
+    assert "build failed" in log
+    after = (await hub.api("GET", f"environments/{ENV}")).json()
+    assert after["current_build"] == before["current_build"]
+    assert after["requirements"] == before["requirements"]
+    status, out, err = await run_in_kernel(hub, "alice", KERNEL, "import six, tomli; print(six.__version__)")
+    assert status == "ok" and out.strip() != "0.0.1", err
+
+
+async def test_upload_requirements_file_and_upgrade(broker_hub):
+    hub = broker_hub
+    r = await hub.api("POST", f"environments/{ENV}/requirements",
+                      files={"requirements": ("requirements.txt", b"# ours\ntomli\nsix>=1.10\n")},
+                      data={"mode": "merge"})
+    assert r.status_code == 202, r.text
+    b = await hub.wait_build(ENV, r.json()["build"]["number"])
+    assert b["status"] == "ready"
+    env = (await hub.api("GET", f"environments/{ENV}")).json()
+    assert env["requirements"] == ["six>=1.10", "tomli"]
+    r = await hub.api("POST", f"environments/{ENV}/packages", json={"upgrade": ["six"]})
+    assert r.status_code == 202, r.text
+    b = await hub.wait_build(ENV, r.json()["build"]["number"])
+    assert b["status"] == "ready"
+    pins = (await hub.api("GET", f"environments/{ENV}/lockfile")).text
+    assert any(line.startswith("six==") for line in pins.splitlines())
+
+
+async def test_rollback_to_a_retired_build_rebuilds_it_from_its_lockfile(broker_hub):
+    hub = broker_hub
+    env = (await hub.api("GET", f"environments/{ENV}")).json()
+    first = next(b for b in env["builds"] if b["number"] == 1)
+    assert first["status"] == "retired"  # removed from disk by retention (keep_builds=1)
+    current = env["current_build"]
+    r = await hub.api("POST", f"environments/{ENV}/rollback", json={"build": 1})
+    assert r.status_code == 200, r.text
+    b = await hub.wait_build(ENV, r.json()["build"]["number"])
+    assert b["status"] == "ready" and b["current"]
+    assert b["lockfile"] == first["lockfile"]
+    assert (await hub.api("GET", f"environments/{ENV}")).json()["requirements"] == ["six"]
+    # and forward again: the newer build is still on disk, so this is instant
+    r = await hub.api("POST", f"environments/{ENV}/rollback", json={"build": current})
+    assert r.status_code == 200 and r.json()["build"]["status"] == "ready"
+    assert (await hub.api("GET", f"environments/{ENV}")).json()["current_build"] == current
+
+
+async def test_hand_install_can_be_discarded(broker_hub):
+    hub = broker_hub
+    py = os.path.join(hub.root, ENV, "current", "bin", "python")
+    subprocess.run([find_uv(), "pip", "install", "-q", "--python", py, "iniconfig"], check=True)
+    drift = (await hub.api("GET", f"environments/{ENV}/drift", user="alice")).json()
+    assert list(drift["extra"]) == ["iniconfig"]
+    r = await hub.api("POST", f"environments/{ENV}/drift", json={"action": "discard"})
+    assert r.status_code == 202, r.text
+    b = await hub.wait_build(ENV, r.json()["build"]["number"])
+    assert b["status"] == "ready"
+    assert (await hub.api("GET", f"environments/{ENV}/drift")).json()["extra"] == {}
+    status, out, err = await run_in_kernel(hub, "alice", KERNEL, "import iniconfig")
+    assert status == "error" and "No module named 'iniconfig'" in err
+
+
+async def test_hand_made_env_dirs_are_found_adopted_or_discarded(broker_hub):
+    hub = broker_hub
+    made = os.path.join(hub.root, "handmade")
+    subprocess.run([sys.executable, "-m", "virtualenv", "-q", "--no-seed", "--python", "/usr/bin/python3", made],
+                   check=True)
+    subprocess.run([find_uv(), "pip", "install", "-q", "--python", os.path.join(made, "bin", "python"), "six"],
+                   check=True)
+    os.makedirs(os.path.join(hub.root, "junk"))
+    r = await hub.api("GET", "unmanaged", user="alice")
+    found = {u["name"]: u for u in r.json()["unmanaged"]}
+    assert sorted(found) == ["handmade", "junk"]
+    assert found["handmade"]["is_venv"] and not found["junk"]["is_venv"]
+    r = await hub.client.request("GET", hub.service, token=hub.token("admin"))
+    assert "handmade" in r.text and "junk" in r.text
+
+    r = await hub.api("POST", "unmanaged/junk", user="alice", json={"action": "discard"})
+    assert r.status_code == 403
+    r = await hub.api("POST", "unmanaged/junk", json={"action": "discard"})
+    assert r.status_code == 200, r.text
+    assert not os.path.exists(os.path.join(hub.root, "junk"))
+
+    running_before = await kernelspecs(hub, "alice")  # alice's server is running from earlier tests
+    assert "broker-handmade" not in running_before
+    r = await hub.api("POST", "unmanaged/handmade", json={"action": "adopt", "display_name": "Hand made"})
+    assert r.status_code == 202, r.text
+    b = await hub.wait_build("handmade", r.json()["build"]["number"])
+    assert b["status"] == "ready"
+    env = (await hub.api("GET", "environments/handmade")).json()
+    assert [s.split("==")[0] for s in env["requirements"]] == ["six"]
+    assert (await hub.api("GET", "unmanaged")).json()["unmanaged"] == []
+    # the same running server lists the new kernel: no restart
+    specs = await kernelspecs(hub, "alice")
+    assert specs["broker-handmade"]["spec"]["display_name"] == "Hand made"
+
+
+MUTATING = [
+    ("POST", "environments", {"name": "x1", "requirements": ["six"]}),
+    ("DELETE", f"environments/{ENV}", None),
+    ("PATCH", f"environments/{ENV}", {"display_name": "hacked"}),
+    ("POST", f"environments/{ENV}/delete", {}),
+    ("POST", f"environments/{ENV}/display-name", {"display_name": "hacked"}),
+    ("POST", f"environments/{ENV}/packages", {"add": ["tomli"]}),
+    ("POST", f"environments/{ENV}/requirements", {"requirements": "tomli\n"}),
+    ("POST", f"environments/{ENV}/rollback", {}),
+    ("POST", f"environments/{ENV}/drift", {"action": "discard"}),
+    ("POST", "unmanaged/whatever", {"action": "discard"}),
+]
+
+
+async def test_non_admin_cannot_change_anything(broker_hub):
+    hub = broker_hub
+    # every (method, route) the service answers that can change something is in MUTATING
+    from tornado.web import RequestHandler
+    from jhub_broker.services.handlers import routes
+    covered = {(m, re.sub(r"^api/", "", p).replace(ENV, "X").replace("whatever", "X")) for m, p, _ in MUTATING}
+    for pattern, handler in routes("/p/"):
+        path = pattern[len("/p/"):].replace("([^/]+)", "X")
+        if handler.__module__.startswith("jupyterhub"):
+            continue  # the hub's OAuth callback
+        for method in ("post", "put", "patch", "delete"):
+            if getattr(handler, method) is not getattr(RequestHandler, method):
+                assert (method.upper(), path.replace("api/", "", 1)) in covered, (method, path)
+    before = (await hub.api("GET", f"environments/{ENV}")).json()
+    for method, path, body in MUTATING:
+        r = await hub.api(method, path, user="alice", json=body)
+        assert r.status_code == 403, (method, path, r.status_code, r.text)
+        assert "custom:broker-environments:manage" in r.json()["message"]
+    after = (await hub.api("GET", f"environments/{ENV}")).json()
+    assert after == before
+
+
+async def test_invalid_names_and_specs_are_rejected_with_clear_messages(broker_hub):
+    hub = broker_hub
+    cases = [
+        ({"name": "../x", "requirements": ["six"]}, "must not contain"),
+        ({"name": "a/b", "requirements": ["six"]}, "must not contain"),
+        ({"name": "ok1", "requirements": ["--index-url https://evil.example/simple"]}, "options such as --index-url"),
+        ({"name": "ok1", "requirements": ["pkg; rm -rf /"]}, "valid environment marker"),
+        ({"name": "ok1", "requirements": ["pkg @ https://evil.example/x.whl"]}, "URLs and paths are not allowed"),
+        ({"name": "ok1", "requirements": ["six"], "python": "2.7"}, "is not available"),
+    ]
+    for body, expected in cases:
+        r = await hub.api("POST", "environments", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert expected in r.json()["message"], (body, r.json())
+    r = await hub.api("POST", f"environments/{ENV}/packages", json={"add": ["-e ."]})
+    assert r.status_code == 400 and "not allowed" in r.json()["message"]
+    r = await hub.api("POST", f"environments/{ENV}/requirements", data="six\n--extra-index-url http://x\n",
+                      headers={"Content-Type": "text/plain"})
+    assert r.status_code == 400 and "--extra-index-url" in r.json()["message"]
+    r = await hub.api("GET", "environments/..%2Fetc")
+    assert r.status_code in (400, 404)
+    names = [e["name"] for e in (await hub.api("GET", "environments")).json()["environments"]]
+    assert names == [ENV, "handmade"]
+
+
+async def test_pages_escape_what_they_show(broker_hub):
+    hub = broker_hub
+    r = await hub.client.request("GET", hub.service, token=hub.token("alice"))
+    assert r.status_code == 200, r.text
+    assert "Demo &lt;b&gt;env&lt;/b&gt;" in r.text
+    assert "<b>env</b>" not in r.text
+    r = await hub.client.request("GET", hub.service + f"environments/{ENV}", token=hub.token("admin"))
+    assert r.status_code == 200
+    assert "Demo &lt;b&gt;env&lt;/b&gt;" in r.text and "<b>env</b>" not in r.text
+    assert 'name="_xsrf"' in r.text
+    r = await hub.client.request("GET", hub.service + "history", token=hub.token("admin"))
+    assert r.status_code == 200 and "rollback" in r.text
+
+
+async def test_cookie_form_without_xsrf_is_refused(broker_hub):
+    """A browser session (OAuth cookie) can post a form only with the page's _xsrf token."""
+    hub = broker_hub
+    base = hub.client.base
+
+    def flow():
+        s = requests.Session()
+        r = s.get(base + hub.base_url + "hub/login", timeout=30)
+        xsrf = s.cookies.get("_xsrf")
+        r = s.post(base + hub.base_url + "hub/login", params={"_xsrf": xsrf},
+                   data={"username": "admin", "password": "admin"}, timeout=30)
+        r = s.get(base + hub.service + f"environments/{ENV}", timeout=30)  # OAuth dance via redirects
+        assert r.status_code == 200 and "Build log" in r.text, r.text[:500]
+        import re
+        token = re.search(r'name="_xsrf" value="([^"]+)"', r.text).group(1)
+        url = base + hub.service + f"api/environments/{ENV}/display-name"
+        bad = s.post(url, data={"display_name": "forged"}, allow_redirects=False, timeout=30)
+        good = s.post(url, data={"display_name": "Demo <b>env</b>", "_xsrf": token}, allow_redirects=False,
+                      timeout=30)
+        evil = s.post(base + hub.service + "api/environments", data={"name": "<script>x", "_xsrf": token},
+                      allow_redirects=False, timeout=30)
+        return bad, good, evil
+
+    bad, good, evil = await asyncio.to_thread(flow)
+    # a refused form shows the reason on an HTML page, escaped
+    assert evil.status_code == 400 and evil.headers["Content-Type"].startswith("text/html")
+    assert "&lt;script&gt;x" in evil.text and "<script>x" not in evil.text
+    assert bad.status_code == 403
+    assert good.status_code == 302, good.text
+    env = (await hub.api("GET", f"environments/{ENV}")).json()
+    assert env["display_name"] == "Demo <b>env</b>"
+
+
+async def test_history_and_usage(broker_hub):
+    hub = broker_hub
+    actions = (await hub.api("GET", "history", user="alice")).json()["actions"]
+    whats = [a["action"] for a in actions]
+    for expected in ("create", "packages", "rollback", "adopt-drift", "discard-unmanaged", "upload"):
+        assert expected in whats
+    assert all(a["user"] == "admin" for a in actions)
+    create = next(a for a in actions if a["action"] == "create")
+    assert create["result"] == "ok" and create["build"] == 1
+    assert "failed" in [a["result"] for a in actions]
+    usage = (await hub.api("GET", "usage")).json()
+    demo = next(e for e in usage["environments"] if e["name"] == ENV)
+    on_disk = [b for b in demo["builds"] if b["size_bytes"]]
+    assert len(on_disk) <= 2  # current + keep_builds=1
+    assert any(b["status"] == "retired" for b in demo["builds"])
+
+
+async def test_vm_sync_builds_the_same_env_from_lockfiles(broker_hub):
+    """What a user's VM runs at boot: fetch lockfiles, build locally with the same builder, register kernels."""
+    hub = broker_hub
+    import pathlib
+    import shutil
+    from tests.services.conftest import world_readable_tmpdir
+    tmp_path = pathlib.Path(world_readable_tmpdir("jb-vm-"))
+    try:
+        await _sync_and_check(hub, tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+async def _sync_and_check(hub, tmp_path):
+    vm_root, data_dir = tmp_path / "envs", tmp_path / "share-jupyter"
+    cmd = [sys.executable, "-m", "jhub_broker.services.environments.sync",
+           "--service-url", hub.client.base + hub.service, "--root", str(vm_root),
+           "--jupyter-data-dir", str(data_dir), "--python", "3.11=/usr/bin/python3"]
+    env = dict(os.environ, JHUB_BROKER_TOKEN=hub.token("alice"))
+    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out = (await proc.communicate())[0].decode()
+    assert proc.returncode == 0, out
+    assert "smoke test passed" in out
+    spec = json.loads((data_dir / "kernels" / KERNEL / "kernel.json").read_text())
+    assert spec["display_name"] == "Demo <b>env</b>"
+    service_lock = (await hub.api("GET", f"environments/{ENV}/lockfile")).text
+    assert (vm_root / ENV / "current" / "jhub-broker-lock.txt").read_text() == service_lock
+    check = await asyncio.create_subprocess_exec(spec["argv"][0], "-c", "import six, tomli; print('ok')",
+                                                 stdout=asyncio.subprocess.PIPE)
+    assert (await check.communicate())[0].decode().strip() == "ok"
+    # a second run changes nothing
+    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out = (await proc.communicate())[0].decode()
+    assert proc.returncode == 0 and '"demo": "unchanged"' in out and '"handmade": "unchanged"' in out, out
+
+
+async def test_delete_removes_the_kernel(broker_hub):
+    hub = broker_hub
+    r = await hub.api("DELETE", f"environments/{ENV}")
+    assert r.status_code == 204
+    assert KERNEL not in await kernelspecs(hub, "alice")
+    assert not os.path.exists(os.path.join(hub.root, ENV))
