@@ -1,0 +1,62 @@
+"""Users log in through the full redirect flow against the real OIDC provider and a real hub."""
+import asyncio
+
+from .conftest import ENROL_URL
+
+
+async def test_member_logs_in_gets_groups_not_admin(checkin_hub, browser_login):
+    app = await checkin_hub()
+    session, r = await browser_login("alice", "alice-pw")
+    assert r.status_code == 200, r.text[:500]
+    assert r.url.endswith("/hub/home")
+    assert "alice@egi.eu" in r.text  # the hub page names the logged-in user
+    user = app.users["alice@egi.eu"]
+    assert sorted(g.name for g in user.groups) == ["vo.example.eu", "vo.example.eu:analysis"]
+    assert not user.admin
+    state = await user.get_auth_state()
+    assert state["refresh_token"], "offline_access gives a refresh token"
+    assert state["id_token"] and state["expires_at"]
+
+
+async def test_manager_is_admin_and_member_groups(checkin_hub, browser_login):
+    app = await checkin_hub()
+    _, r = await browser_login("bob", "bob-pw")
+    assert r.status_code == 200
+    user = app.users["bob@egi.eu"]
+    assert user.admin
+    # manager implies member: both VOs become groups
+    assert sorted(g.name for g in user.groups) == ["vo.example.eu", "vo.other.eu"]
+
+
+async def test_outsider_sees_refusal_page(checkin_hub, browser_login):
+    app = await checkin_hub()
+    _, r = await browser_login("carol", "carol-pw")
+    assert r.status_code == 403
+    assert "vo.example.eu (role member)" in r.text
+    assert ENROL_URL in r.text
+    # carol's vo.example.eu entitlement comes from an untrusted authority: no account is made
+    assert app.users.get("carol@egi.eu") is None
+
+
+async def test_wrong_password_stays_at_provider(checkin_hub, browser_login):
+    await checkin_hub()
+    _, r = await browser_login("alice", "wrong")
+    assert "Wrong username or password" in r.text
+
+
+async def test_expired_token_refreshed_once_under_concurrency(checkin_hub, browser_login):
+    app = await checkin_hub(refresh_margin=15)
+    _, r = await browser_login("alice", "alice-pw")
+    assert r.status_code == 200
+    user = app.users["alice@egi.eu"]
+    before = await user.get_auth_state()
+    # the access token (20 s) is within the 15 s margin after ~5 s
+    await asyncio.sleep(6)
+    results = await asyncio.gather(*(app.authenticator.refresh_user(user) for _ in range(5)))
+    assert all(results), "every concurrent caller got a usable auth model"
+    after = await user.get_auth_state()
+    assert after["access_token"] != before["access_token"]
+    assert after["expires_at"] > before["expires_at"]
+    # the provider rotates refresh tokens and revokes the grant when an old one is reused, so five
+    # parallel refreshes only all succeed if exactly one of them spent the old token
+    assert after["refresh_token"] != before["refresh_token"]
