@@ -1,0 +1,2 @@
+"""OpenStackSpawner: one VM per user on an OpenStack cloud."""
+from .openstack import OpenStackSpawner  # noqa: F401

@@ -1,0 +1,117 @@
+"""One-time bootstrap secrets: how a VM gets the hub's API token without it sitting in user_data.
+
+user_data carries only a random secret and the hub's URL.  At boot the VM
+posts the secret to ``/hub/api/jhub-broker/bootstrap`` once and receives the
+notebook server's environment (API token included) and TLS material; the
+secret is then spent, so the copy that stays readable in the metadata service
+and ``/var/lib/cloud`` for the VM's life is worthless.  An unredeemed secret
+expires with the spawn's start timeout.
+"""
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+
+from tornado import web
+
+log = logging.getLogger("jhub_broker.spawner.bootstrap")
+
+ROUTE = "api/jhub-broker/bootstrap"
+
+
+def _digest(secret):
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class BootstrapRegistry:
+    """Secrets waiting to be redeemed, kept as digests only."""
+
+    def __init__(self):
+        self._entries = {}
+
+    def issue(self, owner, payload, ttl):
+        self.revoke(owner)
+        secret = secrets.token_urlsafe(32)
+        self._entries[_digest(secret)] = {"owner": owner, "payload": payload,
+                                          "expires": time.monotonic() + ttl}
+        return secret
+
+    def update(self, owner, **changes):
+        for entry in self._entries.values():
+            if entry["owner"] == owner:
+                entry["payload"].update(changes)
+
+    def redeem(self, secret):
+        self._expire()
+        digest = _digest(secret or "")
+        for key in list(self._entries):
+            if hmac.compare_digest(key, digest):
+                return self._entries.pop(key)
+        return None
+
+    def revoke(self, owner):
+        for key, entry in list(self._entries.items()):
+            if entry["owner"] == owner:
+                del self._entries[key]
+
+    def pending(self, owner):
+        return any(e["owner"] == owner for e in self._entries.values())
+
+    def _expire(self):
+        now = time.monotonic()
+        for key, entry in list(self._entries.items()):
+            if entry["expires"] < now:
+                del self._entries[key]
+
+
+registry = BootstrapRegistry()
+
+
+class BootstrapHandler(web.RequestHandler):
+    """``POST /hub/api/jhub-broker/bootstrap`` with ``{"secret": ...}``."""
+
+    def check_xsrf_cookie(self):
+        # no cookies are involved: the one-time secret is the credential
+        return
+
+    def post(self):
+        try:
+            secret = json.loads(self.request.body or b"{}").get("secret")
+        except (ValueError, AttributeError):
+            secret = None
+        entry = registry.redeem(secret) if isinstance(secret, str) else None
+        if entry is None:
+            log.warning("refused a bootstrap request from %s: unknown, spent or expired secret",
+                        self.request.remote_ip)
+            raise web.HTTPError(403, "unknown, spent or expired bootstrap secret")
+        log.info("bootstrap secret of %s redeemed from %s", entry["owner"], self.request.remote_ip)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(entry["payload"]))
+
+    def write_error(self, status_code, **kwargs):
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": self._reason}))
+
+
+def ensure_registered(log=log):
+    """Add the bootstrap route to the running hub, once.
+
+    Works with a plain ``spawner_class = "openstack"``: the handler is added to
+    the hub's tornado application at the first spawn.
+    """
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.utils import url_path_join
+
+    if not JupyterHub.initialized():
+        raise RuntimeError("OpenStackSpawner needs to run inside a JupyterHub process")
+    app = JupyterHub.instance()
+    tornado_app = app.tornado_application
+    if getattr(tornado_app, "_jhub_broker_bootstrap", False):
+        return
+    pattern = url_path_join(app.hub_prefix, ROUTE)
+    tornado_app.add_handlers(".*$", [(pattern, BootstrapHandler)])
+    tornado_app._jhub_broker_bootstrap = True
+    log.info("bootstrap route registered at %s", pattern)

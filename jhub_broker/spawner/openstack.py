@@ -1,0 +1,407 @@
+"""OpenStackSpawner: one VM per user on an OpenStack cloud, booted with cloud-init."""
+import asyncio
+import hashlib
+import os
+import re
+import time
+
+from jupyterhub.spawner import Spawner, SpawnException
+from jupyterhub.utils import exponential_backoff
+from openstack import exceptions as os_exc
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from traitlets import default
+
+from . import bootstrap
+from .cloud import CloudAdapter, CloudError, error_text
+from .lifecycle import VMLifecycle
+from .options import OptionsForm
+from .reaper import Reaper
+from .servercache import ServerCache
+from .traits import OpenStackTraits
+from .userdata import build_context, render_user_data
+
+_NAME_SAFE = re.compile(r"[^a-zA-Z0-9-]+")
+# server statuses in which a VM is still (or again) running the notebook
+_ALIVE = {"ACTIVE", "BUILD", "REBOOT", "HARD_REBOOT", "MIGRATING", "RESIZE", "VERIFY_RESIZE", "PASSWORD"}
+
+
+def _safe(text, limit=40):
+    return _NAME_SAFE.sub("-", text).strip("-")[:limit] or "x"
+
+
+class OpenStackSpawner(OpenStackTraits, Spawner):
+    """Starts each user's notebook server on a VM of its own in an OpenStack cloud.
+
+    The user's files live on a Cinder volume that outlives the VM.  Cloud calls
+    run off the event loop through one shared, bounded connection per cloud;
+    poll() reads a hub-wide server list refreshed once per interval.
+    """
+
+    server_id = None
+    volume_id = None
+    floating_ip_id = None
+    address = None
+
+    @default("start_timeout")
+    def _start_timeout_default(self):
+        # booting a VM takes longer than starting a process; start() enforces
+        # its own finer timeouts (boot_timeout, notebook_timeout)
+        return 1800
+
+    @default("http_timeout")
+    def _http_timeout_default(self):
+        return 120
+
+    @default("hub_id")
+    def _hub_id_default(self):
+        url = str(self.db.bind.url) if self.db is not None else "jupyterhub"
+        return hashlib.sha256(url.encode()).hexdigest()[:8]
+
+    @default("options_form")
+    def _options_form_default(self):
+        return self._render_options_form
+
+    # -- shared machinery ------------------------------------------------------------------
+    def _connect_kwargs(self):
+        kwargs = {"load_yaml_config": False, "load_envvars": False}
+        if self.cloud:
+            import openstack.config
+            files = [self.clouds_yaml] if self.clouds_yaml else None
+            if not files and os.environ.get("OS_CLIENT_CONFIG_FILE"):
+                files = [os.environ["OS_CLIENT_CONFIG_FILE"]]
+            loader = openstack.config.OpenStackConfig(config_files=files, load_envvars=False) if files \
+                else openstack.config.OpenStackConfig(load_envvars=False)
+            region = self.region_name or None
+            return {"config": loader.get_one(cloud=self.cloud, region_name=region)}
+        if not self.auth:
+            raise SpawnException("OpenStackSpawner is not configured: set c.OpenStackSpawner.cloud "
+                                 "(a clouds.yaml entry) or c.OpenStackSpawner.auth.", reason="config")
+        auth_type = self.auth_type or ("v3applicationcredential" if "application_credential_id" in self.auth
+                                       or "application_credential_secret" in self.auth else "password")
+        kwargs.update(auth_type=auth_type, auth=dict(self.auth))
+        if self.region_name:
+            kwargs["region_name"] = self.region_name
+        return kwargs
+
+    def _cloud_key(self):
+        return (self.cloud, self.clouds_yaml or os.environ.get("OS_CLIENT_CONFIG_FILE", ""),
+                tuple(sorted((k, str(v)) for k, v in self.auth.items())), self.region_name)
+
+    @property
+    def adapter(self):
+        kwargs = None if CloudAdapter._instances.get(self._cloud_key()) else self._connect_kwargs()
+        adapter = CloudAdapter.shared(self._cloud_key(), kwargs, max_workers=self.api_concurrency)
+        adapter.retries = self.api_retries
+        return adapter
+
+    @property
+    def lifecycle(self):
+        adapter = self.adapter
+        lc = getattr(adapter, "_lifecycles", {}).get(self.hub_id)
+        if lc is None:
+            adapter._lifecycles = getattr(adapter, "_lifecycles", {})
+            lc = adapter._lifecycles[self.hub_id] = VMLifecycle(adapter, self.hub_id)
+        return lc
+
+    def _cache(self):
+        return ServerCache.shared(self.adapter, self.lifecycle.tag, interval=self.cache_interval)
+
+    def _ensure_reaper(self):
+        if self.reaper_interval > 0:
+            Reaper.ensure(self)
+
+    # -- names and tags ------------------------------------------------------------------------
+    @property
+    def _servername_suffix(self):
+        return f"-{_safe(self.name, 20)}" if self.name else ""
+
+    def _server_name(self):
+        return self.server_name_template.format(hub_id=self.hub_id, username=_safe(self.user.name),
+                                                servername=self.name or "",
+                                                servername_suffix=self._servername_suffix)
+
+    def _volume_name(self):
+        suffix = self._servername_suffix if self.volume_scope == "server" else ""
+        return f"jupyter-data-{self.hub_id}-{_safe(self.user.name)}{suffix}"
+
+    def _resource_metadata(self):
+        return {"jhub_broker_hub": self.hub_id, "jhub_broker_user": self.user.name[:255],
+                "jhub_broker_server": (self.name or "")[:255]}
+
+    # -- state ---------------------------------------------------------------------------------
+    def get_state(self):
+        state = super().get_state()
+        for key in ("server_id", "volume_id", "floating_ip_id", "address"):
+            if getattr(self, key):
+                state[key] = getattr(self, key)
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        for key in ("server_id", "volume_id", "floating_ip_id", "address"):
+            setattr(self, key, state.get(key))
+        self._known_since = time.monotonic()
+
+    def clear_state(self):
+        # the volume id stays: the data volume outlives every server
+        super().clear_state()
+        self.server_id = None
+        self.floating_ip_id = None
+        self.address = None
+
+    # -- progress ------------------------------------------------------------------------------
+    def _progress(self, percent, message):
+        events = self.__dict__.setdefault("_events", [])
+        events.append({"progress": percent, "message": message})
+        self.log.info("%s: %s", self._log_name, message)
+        self.__dict__.setdefault("_events_changed", asyncio.Event()).set()
+
+    async def progress(self):
+        events = self.__dict__.setdefault("_events", [])
+        changed = self.__dict__.setdefault("_events_changed", asyncio.Event())
+        sent = 0
+        while True:
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            if self.__dict__.get("_spawn_done"):
+                return
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), 1)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- options form ------------------------------------------------------------------------
+    async def _render_options_form(self, spawner):
+        return await OptionsForm(self).render()
+
+    def options_from_form(self, formdata):
+        return OptionsForm.parse(formdata)
+
+    async def _chosen(self):
+        """Flavor and image for this spawn, validated server-side against the choices."""
+        return await OptionsForm(self).validate(self.user_options or {})
+
+    # -- start --------------------------------------------------------------------------------
+    async def start(self):
+        self.__dict__["_events"] = []
+        self.__dict__["_spawn_done"] = False
+        created = {}
+        try:
+            return await self._start(created)
+        except SpawnException:
+            await self._cleanup_failed(created)
+            raise
+        except (CloudError, os_exc.SDKException) as e:
+            await self._cleanup_failed(created)
+            message = self._explain(e)
+            self._progress(100, message)
+            raise SpawnException(message, reason="cloud") from None
+        except asyncio.CancelledError:
+            await asyncio.shield(self._cleanup_failed(created))
+            raise
+        except Exception:
+            await self._cleanup_failed(created)
+            raise
+        finally:
+            self.__dict__["_spawn_done"] = True
+            self.__dict__.setdefault("_events_changed", asyncio.Event()).set()
+
+    async def _start(self, created):
+        bootstrap.ensure_registered(self.log)
+        lc = self.lifecycle
+        self._ensure_reaper()
+        flavor, image = await self._chosen()
+        self._progress(5, f"Preparing a {flavor['name']} server with {image['name']}")
+        network_ids = await lc.network_ids(self.networks)
+        groups = list(self.security_groups)
+        if self.manage_security_group:
+            groups.append(await lc.ensure_security_group(self.notebook_port, self._allowed_cidrs()))
+
+        if self.volume_size > 0:
+            self._progress(10, "Preparing your data volume")
+            self.volume_id, fresh = await lc.ensure_volume(
+                self.volume_id, self._volume_name(), self.volume_size, self._resource_metadata(),
+                self.volume_type or None, self.availability_zone or None, timeout=self.volume_timeout)
+            self._progress(20, "Data volume ready" + (" (new)" if fresh else ""))
+
+        env = self.get_env()
+        owner = f"{self.user.name}/{self.name}"
+        payload = {"env": env, "port": self.notebook_port, "args": list(self.args)}
+        secret = bootstrap.registry.issue(owner, payload, ttl=self.boot_timeout + self.notebook_timeout)
+        created["bootstrap"] = owner
+        user_data = self._render_user_data(secret)
+
+        name = self._server_name()
+        self._progress(25, f"Requesting server {name}")
+        self.server_id = await lc.create_server(
+            name=name, image_id=image["id"], flavor_id=flavor["id"], network_ids=network_ids,
+            security_groups=groups, user_data=user_data, metadata=dict(self.server_metadata, **self._resource_metadata()),
+            tags=[lc.tag, *self.server_tags], key_name=self.key_name or None,
+            availability_zone=self.availability_zone or None, volume_id=self.volume_id)
+        created["server"] = self.server_id
+        Reaper.in_flight.add(self.server_id)
+        self._progress(30, "Server is building")
+
+        cache = self._cache()
+        try:
+            entry = await cache.wait_for(self.server_id, lambda e: e is not None and e["status"] in ("ACTIVE", "ERROR"),
+                                         timeout=self.boot_timeout)
+        except asyncio.TimeoutError:
+            raise CloudError(f"The server did not become active within {self.boot_timeout:.0f} s." +
+                             await self._console_hint()) from None
+        if entry["status"] == "ERROR":
+            fault = entry.get("fault") or await lc.server_fault(self.server_id) or "no reason given"
+            raise CloudError(f"The cloud could not boot the server: {fault}")
+        self._progress(50, "Server is active, booting")
+
+        fixed = lc.fixed_ip(entry)
+        if self.floating_ip_pool:
+            self.floating_ip_id, self.address = await lc.attach_floating_ip(
+                self.server_id, self.floating_ip_pool, f"jhub_broker: {self.user.name} {self.name or ''}".strip())
+            created["floating_ip"] = self.floating_ip_id
+        else:
+            self.address = fixed
+        if not self.address:
+            raise CloudError("The server has no IPv4 address on its network.")
+        self._progress(60, f"Address {self.address} assigned; waiting for the notebook server")
+
+        await self._wait_for_notebook(owner)
+        Reaper.in_flight.discard(self.server_id)
+        self._known_since = time.monotonic()
+        self._progress(100, "Notebook server is answering")
+        return (self.address, self.notebook_port)
+
+    def _allowed_cidrs(self):
+        if self.notebook_allowed_cidrs:
+            return list(self.notebook_allowed_cidrs)
+        ips = {self.hub.connect_ip or self.hub.ip or "127.0.0.1"}
+        out = []
+        for ip in ips:
+            if ip in ("", "0.0.0.0"):
+                continue
+            out.append(f"{ip}/128" if ":" in ip else f"{ip}/32")
+        return out or ["127.0.0.1/32"]
+
+    def _render_user_data(self, secret):
+        bootstrap_url = self.hub.api_url.rstrip("/") + "/jhub-broker/bootstrap"
+        context = build_context(
+            hub_user=self.user.name, server_name=self.name or "", vm_user=self.vm_user,
+            bootstrap={"url": bootstrap_url, "secret": secret, "user": self.vm_user, "port": self.notebook_port,
+                       "notebook_dir": self.volume_mount_point,
+                       "singleuser": [os.path.join(self.singleuser_venv, "bin", "jupyterhub-singleuser"),
+                                      "/usr/local/bin/jupyterhub-singleuser", "/usr/bin/jupyterhub-singleuser"]},
+            volume_id=self.volume_id, mount_point=self.volume_mount_point,
+            singleuser_venv=self.singleuser_venv, install_packages=self.install_packages)
+        return render_user_data(template_path=self.user_data_template or None,
+                                template_string=self.user_data_template_string or None, context=context)
+
+    async def _wait_for_notebook(self, owner):
+        url = f"http://{self.address}:{self.notebook_port}{self.user.url if not self.name else self.server.base_url}api"
+        client = AsyncHTTPClient()
+        redeemed = False
+
+        async def answering():
+            nonlocal redeemed
+            if not redeemed and not bootstrap.registry.pending(owner):
+                redeemed = True
+                self._progress(70, "The VM fetched its notebook settings from the hub")
+            try:
+                await client.fetch(url, request_timeout=5, follow_redirects=False)
+                return True
+            except HTTPClientError as e:
+                return e.code not in (599,)  # any HTTP answer means the server is up
+            except OSError:
+                return False
+            except Exception:  # noqa: BLE001
+                return False
+
+        try:
+            await exponential_backoff(answering, "notebook not answering", start_wait=0.1, max_wait=2,
+                                      timeout=self.notebook_timeout)
+        except asyncio.TimeoutError:
+            raise CloudError(f"The notebook server on the VM did not answer within {self.notebook_timeout:.0f} s."
+                             + await self._console_hint()) from None
+
+    async def _console_hint(self):
+        if not self.server_id:
+            return ""
+        tail = await self.lifecycle.console_tail(self.server_id, 15)
+        return f" Last lines of the VM's console:\n{tail}" if tail else ""
+
+    def _explain(self, exc):
+        text = exc.message if isinstance(exc, CloudError) else error_text(exc)
+        low = text.lower()
+        if "quota exceeded" in low or "quota" in low and getattr(exc, "status_code", None) in (403, 409, 413):
+            return f"Your server could not start: the project's quota is used up. {text}"
+        if "too small" in low or "smaller than the minimum" in low:
+            return f"The chosen image needs a bigger flavor: {text}"
+        if "no valid host" in low:
+            return f"The cloud has no room for this server right now: {text} Try a smaller flavor or try later."
+        return text if isinstance(exc, CloudError) else f"The cloud refused the request: {text}"
+
+    async def _cleanup_failed(self, created):
+        """Delete what this spawn created; never the user's data volume."""
+        lc = self.lifecycle
+        if created.get("bootstrap"):
+            bootstrap.registry.revoke(created["bootstrap"])
+        if created.get("floating_ip"):
+            try:
+                await lc.release_floating_ip(created["floating_ip"])
+            except Exception as e:  # noqa: BLE001
+                self.log.error("could not release floating IP %s: %s", created["floating_ip"], e)
+        if created.get("server"):
+            try:
+                await lc.delete_server(created["server"], timeout=self.delete_timeout)
+            except Exception as e:  # noqa: BLE001
+                self.log.error("could not delete server %s after a failed spawn: %s (the reaper will retry)",
+                               created["server"], e)
+            Reaper.in_flight.discard(created["server"])
+        self.server_id = None
+        self.floating_ip_id = None
+        self.address = None
+
+    # -- poll / stop -----------------------------------------------------------------------------
+    async def poll(self):
+        if not self.server_id:
+            return 0
+        self._ensure_reaper()
+        cache = self._cache()
+        since = self.__dict__.get("_known_since", 0.0)
+        entry, certain = cache.lookup(self.server_id, since)
+        if not certain:
+            try:
+                await cache.wait_for(self.server_id, lambda e: True, timeout=10)
+            except asyncio.TimeoutError:
+                return None  # the cloud is not answering: not evidence the VM is gone
+            entry, certain = cache.lookup(self.server_id, since)
+        if entry is None:
+            return 1 if certain else None
+        if entry["status"] in _ALIVE:
+            return None
+        return 1
+
+    async def stop(self, now=False):
+        lc = self.lifecycle
+        owner = f"{self.user.name}/{self.name}"
+        bootstrap.registry.revoke(owner)
+        if self.floating_ip_id:
+            await lc.release_floating_ip(self.floating_ip_id)
+            self.floating_ip_id = None
+        if self.server_id:
+            await lc.delete_server(self.server_id, timeout=self.delete_timeout)
+            self.server_id = None
+        self.address = None
+
+    async def delete_forever(self):
+        """The user (or named server) is deleted: remove the data volume too."""
+        if self.volume_scope == "user" and self.name:
+            return  # the user's volume belongs to the default server's lifecycle
+        if self.volume_id:
+            try:
+                await self.lifecycle.delete_volume(self.volume_id)
+                self.log.info("deleted data volume %s of %s", self.volume_id, self._log_name)
+            except Exception as e:  # noqa: BLE001
+                self.log.error("could not delete data volume %s: %s (the reaper will retry)", self.volume_id, e)
+            self.volume_id = None

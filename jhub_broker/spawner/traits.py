@@ -1,0 +1,67 @@
+"""The operator-facing configuration of OpenStackSpawner (``c.OpenStackSpawner.*``)."""
+import jupyterhub
+from traitlets import Bool, Dict, Enum, Float, HasTraits, Integer, List, Unicode
+
+
+class OpenStackTraits(HasTraits):
+    # --- the cloud ---------------------------------------------------------------------
+    cloud = Unicode("", config=True, help="""Name of the cloud in clouds.yaml to use.
+
+        clouds.yaml is looked up the usual way (OS_CLIENT_CONFIG_FILE, ./clouds.yaml,
+        ~/.config/openstack, /etc/openstack) or at `clouds_yaml`. Leave empty to use
+        `auth` instead.""")
+    clouds_yaml = Unicode("", config=True, help="Explicit path to a clouds.yaml (default: OS_CLIENT_CONFIG_FILE or the standard places).")
+    auth = Dict(config=True, help="""Explicit Keystone auth, used when `cloud` is empty.
+
+        Prefer an application credential:
+        {"auth_url": "https://keystone.example:5000/v3", "application_credential_id": "...",
+         "application_credential_secret": "..."}; username/password/project_name also work.""")
+    auth_type = Unicode("", config=True, help="Keystone auth plugin for `auth` (default: v3applicationcredential when an application credential is given, else password).")
+    region_name = Unicode("", config=True, help="Region of the cloud (default: the cloud's only/first region).")
+    api_concurrency = Integer(8, config=True, help="Most cloud API calls in flight at once for the whole hub (openstacksdk is blocking; calls run in a thread pool of this size).")
+    api_retries = Integer(4, config=True, help="Retries of a cloud call that failed transiently (429 with Retry-After, 502/503/504, dropped connection).")
+
+    # --- the server ------------------------------------------------------------------------
+    image = Unicode("", config=True, help="Image name or id to boot (default choice in the options form).")
+    flavor = Unicode("", config=True, help="Flavor name or id (default choice in the options form).")
+    networks = List(Unicode(), config=True, help="Networks (names or ids) to attach the server to. Default: the project's only non-external network.")
+    security_groups = List(Unicode(), config=True, help="Extra security groups for every server (the hub's own group is always added when `manage_security_group`).")
+    manage_security_group = Bool(True, config=True, help="Create and use a per-hub security group that lets only the hub/proxy addresses (`notebook_allowed_cidrs`) reach the notebook port.")
+    notebook_allowed_cidrs = List(Unicode(), config=True, help="Source CIDRs allowed to reach the notebook port (default: the hub's connect address /32).")
+    key_name = Unicode("", config=True, help="Nova key pair to inject (optional; notebooks don't need SSH).")
+    availability_zone = Unicode("", config=True, help="Availability zone for servers and volumes (optional).")
+    server_name_template = Unicode("jupyter-{hub_id}-{username}{servername_suffix}", config=True, help="Server name; fields: {hub_id}, {username}, {servername}, {servername_suffix} (`-<servername>` for named servers).")
+    server_metadata = Dict(config=True, help="Extra Nova metadata on every server (the hub id, user and server name are always added, for accounting tools such as cASO).")
+    server_tags = List(Unicode(), config=True, help="Extra tags on every server (the hub tag is always added).")
+    hub_id = Unicode("", config=True, help="Identifies this hub's resources in the cloud (tags, metadata, names). Default: derived from the hub's database URL; set it explicitly when several hubs share a project.")
+
+    # --- what runs on the VM ---------------------------------------------------------------------
+    user_data_template = Unicode("", config=True, help="Path of a Jinja2 cloud-init template to use instead of the bundled templates/openstack/user_data.yaml.j2.")
+    user_data_template_string = Unicode("", config=True, help="The cloud-init template as a string (wins over `user_data_template`).")
+    vm_user = Unicode("jovyan", config=True, help="Unprivileged account on the VM that runs the notebook server.")
+    notebook_port = Integer(8888, config=True, help="Port of the notebook server on the VM.")
+    singleuser_venv = Unicode("/opt/jhub-broker/singleuser", config=True, help="Virtualenv on the VM holding jupyterhub-singleuser; pre-baked images have it, others get it installed at first boot.")
+    install_packages = Unicode(f"jupyterhub=={jupyterhub.__version__} jupyterlab", config=True, help="pip requirements installed into `singleuser_venv` when the image lacks it.")
+
+    # --- the user's data ---------------------------------------------------------------------------
+    volume_size = Integer(10, config=True, help="Size (GiB) of the persistent data volume; 0 disables the volume.")
+    volume_type = Unicode("", config=True, help="Cinder volume type of the data volume (optional).")
+    volume_mount_point = Unicode("/home/jovyan", config=True, help="Where the data volume is mounted on the VM.")
+    volume_scope = Enum(["user", "server"], "user", config=True, help="One data volume per user (shared by their named servers, one at a time) or per server.")
+
+    # --- the address -------------------------------------------------------------------------
+    floating_ip_pool = Unicode("", config=True, help="External network to allocate a floating IP from; empty means the hub reaches the server on its fixed IP.")
+
+    # --- timing ------------------------------------------------------------------------
+    boot_timeout = Float(600, config=True, help="Seconds to wait for the server to become ACTIVE.")
+    notebook_timeout = Float(600, config=True, help="Seconds to wait, after ACTIVE, for the notebook server to answer (covers first-boot installs).")
+    volume_timeout = Float(180, config=True, help="Seconds to wait for the data volume to become available.")
+    delete_timeout = Float(180, config=True, help="Seconds to wait for the server to be gone on stop.")
+    cache_interval = Float(10, config=True, help="Seconds between the hub-wide server list calls that serve every poll().")
+    reaper_interval = Float(300, config=True, help="Seconds between sweeps for orphaned servers, floating IPs and volumes of this hub; 0 disables the reaper.")
+    reaper_grace = Float(900, config=True, help="Orphans younger than this (seconds) are left alone, so a spawn in flight is never reaped.")
+
+    # --- options form ----------------------------------------------------------------------
+    flavor_choices = List(Unicode(), config=True, help="Flavors offered in the options form (names); empty offers every flavor the cloud lists.")
+    image_choices = List(Unicode(), config=True, help="Images offered in the options form (names); empty offers only `image`.")
+    enable_options_form = Bool(True, config=True, help="Show the flavor/image form when more than one choice exists.")

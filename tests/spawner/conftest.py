@@ -1,0 +1,150 @@
+"""A real JupyterHub (MockHub + real configurable-http-proxy) using OpenStackSpawner
+against the local cloud, whose VMs really run the notebook server."""
+import asyncio
+import os
+import time
+
+import pytest
+import requests
+
+from jhub_broker.spawner.cloud import CloudAdapter
+from jhub_broker.spawner.reaper import Reaper
+from jhub_broker.spawner.servercache import ServerCache
+
+
+class HubClient:
+    """requests in a thread, so the in-process hub keeps serving."""
+
+    def __init__(self, app):
+        from jupyterhub.tests.utils import public_host
+        self.app = app
+        self.base = public_host(app)
+        self.prefix = app.base_url
+        self.tokens = {}
+
+    def token(self, name):
+        from jupyterhub import orm
+        if name not in self.tokens:
+            orm_user = self.app.db.query(orm.User).filter_by(name=name).one_or_none()
+            if orm_user is None:
+                orm_user = orm.User(name=name)
+                self.app.db.add(orm_user)
+                self.app.db.commit()
+                from jupyterhub.roles import assign_default_roles
+                assign_default_roles(self.app.db, entity=orm_user)
+            self.tokens[name] = self.app.users[orm_user].new_api_token(note="spawner test")
+        return self.tokens[name]
+
+    async def request(self, method, path, user="admin", **kw):
+        headers = kw.pop("headers", {})
+        if user:
+            headers["Authorization"] = f"token {self.token(user)}"
+        kw.setdefault("allow_redirects", False)
+        kw.setdefault("timeout", 60)
+        url = self.base + self.prefix.rstrip("/") + "/" + path.lstrip("/")
+        return await asyncio.to_thread(requests.request, method, url, headers=headers, **kw)
+
+    async def api(self, method, path, user="admin", **kw):
+        return await self.request(method, "hub/api/" + path.lstrip("/"), user=user, **kw)
+
+    async def wait_ready(self, name, server="", timeout=240):
+        """Wait until the user's server is ready or failed; returns the server model (or None)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = await self.api("GET", f"users/{name}")
+            model = r.json()["servers"].get(server)
+            if model is None:
+                return None
+            if model["ready"]:
+                return model
+            if not model["pending"]:
+                return model
+            await asyncio.sleep(0.3)
+        raise AssertionError(f"server of {name} not ready after {timeout}s")
+
+    async def start_and_wait(self, name, server="", options=None, timeout=240):
+        self.token(name)  # makes the user
+        path = f"users/{name}/servers/{server}" if server else f"users/{name}/server"
+        r = await self.api("POST", path, json=options or {})
+        assert r.status_code in (201, 202), r.text
+        return await self.wait_ready(name, server, timeout)
+
+    async def stop_and_wait(self, name, server="", timeout=120):
+        path = f"users/{name}/servers/{server}" if server else f"users/{name}/server"
+        r = await self.api("DELETE", path)
+        assert r.status_code in (202, 204), r.text
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = (await self.api("GET", f"users/{name}")).json()["servers"].get(server)
+            if model is None:
+                return
+            await asyncio.sleep(0.3)
+        raise AssertionError("server did not stop")
+
+
+def spawner_config(cloud, **overrides):
+    from traitlets.config import Config
+    c = Config()
+    c.JupyterHub.spawner_class = "openstack"
+    c.OpenStackSpawner.cloud = "local"
+    c.OpenStackSpawner.clouds_yaml = cloud.clouds_yaml
+    c.OpenStackSpawner.image = "ubuntu-24.04-jupyter"
+    c.OpenStackSpawner.flavor = "m1.small"
+    c.OpenStackSpawner.volume_size = 1
+    c.OpenStackSpawner.cache_interval = 2
+    c.OpenStackSpawner.boot_timeout = 60
+    c.OpenStackSpawner.notebook_timeout = 90
+    c.OpenStackSpawner.reaper_interval = 0
+    c.OpenStackSpawner.hub_id = "test"
+    c.JupyterHub.cookie_secret = os.urandom(32)
+    c.Authenticator.admin_users = {"admin"}
+    c.Authenticator.allow_all = True
+    for key, value in overrides.items():
+        setattr(c.OpenStackSpawner, key, value)
+    return c
+
+
+async def start_hub(config):
+    from jupyterhub.tests.mocking import MockHub
+    MockHub.clear_instance()
+    app = MockHub.instance(config=config)
+    await app.initialize()
+    await app.start()
+    return app
+
+
+async def stop_hub(app):
+    from jupyterhub.tests.mocking import MockHub
+    ServerCache.stop_all()
+    Reaper.stop_all()
+    try:
+        if app.http_server:
+            app.http_server.stop()
+        await app.shutdown_cancel_tasks()
+    finally:
+        MockHub.clear_instance()
+        CloudAdapter.forget_all()
+
+
+@pytest.fixture
+async def os_hub(local_cloud):
+    """Factory: a hub configured for the local cloud; stopped (servers left to the test) at the end."""
+    apps = []
+
+    async def make(**overrides):
+        app = await start_hub(spawner_config(local_cloud, **overrides))
+        apps.append(app)
+        return app, HubClient(app)
+
+    yield make
+    for app in apps:
+        await stop_hub(app)
+
+
+def tagged(cloud, tag="jhub-broker-hub-test"):
+    """What the cloud holds for the test hub: servers, floating IPs, volumes."""
+    conn = cloud.connect()
+    servers = [s for s in conn.compute.servers(details=True, tags=tag)]
+    fips = list(conn.network.ips(tags=tag))
+    vols = [v for v in conn.block_storage.volumes(details=True) if (v.metadata or {}).get("jhub_broker_hub") == "test"]
+    return servers, fips, vols
