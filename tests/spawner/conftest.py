@@ -44,6 +44,24 @@ class HubClient:
         url = self.base + self.prefix.rstrip("/") + "/" + path.lstrip("/")
         return await asyncio.to_thread(requests.request, method, url, headers=headers, **kw)
 
+    async def progress_events(self, name, server="", timeout=60):
+        """The spawn progress stream the hub's spawn page shows, as a list of events."""
+        import json
+        path = f"users/{name}/servers/{server}/progress" if server else f"users/{name}/server/progress"
+
+        def read():
+            url = self.base + self.prefix.rstrip("/") + "/hub/api/" + path
+            events = []
+            with requests.get(url, headers={"Authorization": f"token {self.token(name)}"}, stream=True,
+                              timeout=timeout) as r:
+                for line in r.iter_lines(decode_unicode=True):
+                    if line and line.startswith("data:"):
+                        events.append(json.loads(line[5:]))
+                        if events[-1].get("failed") or events[-1].get("ready"):
+                            break
+            return events
+        return await asyncio.to_thread(read)
+
     async def api(self, method, path, user="admin", **kw):
         return await self.request(method, "hub/api/" + path.lstrip("/"), user=user, **kw)
 
@@ -120,6 +138,8 @@ async def stop_hub(app):
     try:
         if app.http_server:
             app.http_server.stop()
+            # as when the hub process exits: kept-alive connections of notebook servers close too
+            await asyncio.wait_for(app.http_server.close_all_connections(), 10)
         await app.shutdown_cancel_tasks()
     finally:
         MockHub.clear_instance()
@@ -131,14 +151,34 @@ async def os_hub(local_cloud):
     """Factory: a hub configured for the local cloud; stopped (servers left to the test) at the end."""
     apps = []
 
-    async def make(**overrides):
-        app = await start_hub(spawner_config(local_cloud, **overrides))
+    async def make(cloud=None, hub_config=None, **overrides):
+        config = spawner_config(cloud or local_cloud, **overrides)
+        for section, values in (hub_config or {}).items():
+            for key, value in values.items():
+                setattr(config[section], key, value)
+        app = await start_hub(config)
         apps.append(app)
         return app, HubClient(app)
 
     yield make
     for app in apps:
         await stop_hub(app)
+    # each test starts from an empty hub footprint in the shared cloud
+    await asyncio.to_thread(wipe_hub_resources, local_cloud)
+
+
+def wipe_hub_resources(cloud, tag="jhub-broker-hub-test"):
+    conn = cloud.connect()
+    servers, fips, vols = tagged(cloud, tag)
+    for fip in fips:
+        conn.network.delete_ip(fip, ignore_missing=True)
+    for s in servers:
+        conn.compute.delete_server(s, ignore_missing=True)
+    for s in servers:
+        conn.compute.wait_for_delete(s, interval=0.2, wait=60)
+    for v in vols:
+        conn.block_storage.wait_for_status(v, "available", failures=["error"], interval=0.2, wait=60)
+        conn.block_storage.delete_volume(v, ignore_missing=True)
 
 
 def tagged(cloud, tag="jhub-broker-hub-test"):

@@ -636,6 +636,10 @@ def server_view(h, s, detail=True):
     s["addresses"] = addresses(cloud, s)
     out = {k: v for k, v in s.items() if not k.startswith("_")}
     out["links"] = links
+    if h.ver("2.3") and getattr(h, "is_admin", False):
+        # extended server attributes are admin-only, as with Nova's default policy
+        out["OS-EXT-SRV-ATTR:user_data"] = s.get("_user_data_b64")
+        out["OS-EXT-SRV-ATTR:hostname"] = s["name"]
     out["security_groups"] = security_group_names(cloud, s)
     if not out["security_groups"]:
         out.pop("security_groups")

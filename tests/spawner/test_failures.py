@@ -1,0 +1,71 @@
+"""Failed spawns: the user reads what happened, and the cloud keeps nothing of the attempt."""
+import asyncio
+
+from .conftest import tagged
+
+
+async def _failed_spawn(hub, name, options=None):
+    """Start a server that must fail; the message the user is shown.
+
+    A spawn failing within the hub's slow_spawn_timeout answers the start request
+    itself; a slower one reports through the progress stream of the spawn page.
+    """
+    hub.token(name)
+    r = await hub.api("POST", f"users/{name}/server", json=options or {})
+    if r.status_code >= 400:
+        return r.json()["message"]
+    assert r.status_code == 202, r.text
+    model = await hub.wait_ready(name, timeout=180)
+    assert model is None or not model.get("ready"), "the spawn should have failed"
+    events = await hub.progress_events(name)
+    assert events and events[-1].get("failed"), events
+    return events[-1]["message"]
+
+
+async def _nothing_left(cloud):
+    servers, fips, vols = await asyncio.to_thread(tagged, cloud)
+    assert servers == [], [s.name for s in servers]
+    assert fips == []
+    assert all(v.status == "available" for v in vols)
+
+
+async def test_quota_exceeded_message_with_numbers(os_hub, make_cloud):
+    cloud = make_cloud({"quotas": {"instances": 0}, "boot_delay": 0.2})
+    app, hub = await os_hub(cloud=cloud, floating_ip_pool="public")
+    message = await _failed_spawn(hub, "quota-user")
+    assert "quota" in message.lower()
+    assert "Requested 1, but already used 0 of 0 instances" in message
+    await _nothing_left(cloud)
+
+
+async def test_image_needs_bigger_flavor(os_hub, local_cloud):
+    app, hub = await os_hub(image_choices=["ubuntu-24.04-jupyter", "big-gpu-image"],
+                            flavor_choices=["m1.small", "m1.large"])
+    message = await _failed_spawn(hub, "flavor-user", options={"image": "big-gpu-image", "flavor": "m1.small"})
+    assert "big-gpu-image" in message and "m1.small" in message and "bigger flavor" in message
+    await _nothing_left(local_cloud)
+
+
+async def test_not_offered_flavor_is_refused(os_hub, local_cloud):
+    app, hub = await os_hub(flavor_choices=["m1.small"])
+    message = await _failed_spawn(hub, "greedy-user", options={"flavor": "m1.large"})
+    assert "not offered" in message and "m1.small" in message
+
+
+async def test_no_valid_host_fault_reaches_user(os_hub, make_cloud):
+    cloud = make_cloud({"boot_delay": 0.2, "boot_failures": [
+        {"name": "unlucky", "message": "No valid host was found. There are not enough hosts available."}]})
+    app, hub = await os_hub(cloud=cloud, floating_ip_pool="public")
+    message = await _failed_spawn(hub, "unlucky")
+    assert "No valid host was found" in message
+    assert "no room" in message
+    await _nothing_left(cloud)
+
+
+async def test_boot_timeout_shows_console_tail(os_hub, local_cloud):
+    app, hub = await os_hub(notebook_timeout=6, volume_size=0,
+                            user_data_template_string="#!/bin/sh\necho 'boot: {{ hub_user }} has no notebook today'\n")
+    message = await _failed_spawn(hub, "slowpoke")
+    assert "did not answer within 6 s" in message
+    assert "slowpoke has no notebook today" in message, message
+    await _nothing_left(local_cloud)
