@@ -8,9 +8,17 @@ cd "$here"
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # --- Debian packages ---------------------------------------------------------------
-debs=(bubblewrap cloud-init python3 python3-venv gcc nodejs npm postgresql)
+# package:command -- a package counts as present when dpkg knows it or its command exists
+# (e.g. NodeSource's nodejs ships npm, and conflicts with Debian's npm package)
+debs=(bubblewrap:bwrap cloud-init:cloud-init python3:python3 python3-venv: gcc:gcc nodejs:node npm:npm
+      postgresql:pg_ctlcluster)
 missing=()
-for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for entry in "${debs[@]}"; do
+  p=${entry%%:*} c=${entry#*:}
+  dpkg -s "$p" >/dev/null 2>&1 && continue
+  [ -n "$c" ] && command -v "$c" >/dev/null 2>&1 && continue
+  missing+=("$p")
+done
 if ((${#missing[@]})); then
   log "apt-get install ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
