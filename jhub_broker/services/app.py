@@ -11,6 +11,9 @@ from traitlets import Dict, Enum, Integer, List, Unicode, default
 from traitlets.config import Application
 
 from . import handlers as h
+from .authadmin.apply import MethodApplier
+from .authadmin.handlers import routes as authadmin_routes
+from .authadmin.hubapi import HubAPI
 from .db import make_session_factory
 from .environments.builder import python_version
 from .environments.manager import EnvironmentManager
@@ -59,6 +62,44 @@ class BrokerService(Application):
     def _initial_environments(self):
         import json
         return json.loads(os.environ.get("JHUB_BROKER_INITIAL_ENVIRONMENTS") or "[]")
+    auth_config_dir = Unicode(
+        "", config=True,
+        help="Directory (jupyterhub_config.d-style) where the authentication method page writes its generated "
+             "config fragment; jhub_broker.configure(c, auth_config_dir=...) loads it. Empty: method changes "
+             "are disabled (live settings still work).")
+    auth_fragment_name = Unicode("50-jhub-broker-auth.py", config=True,
+                                 help="File name of the generated authentication fragment in auth_config_dir.")
+    restart_command = List(
+        Unicode(), config=True,
+        help="Command restarting the hub after a method change, e.g. ['sudo', 'systemctl', 'restart', "
+             "'jupyterhub']. It must return once the old hub has stopped. It runs detached from the hub. "
+             "Empty: the fragment is written and validated, and the page asks for a manual restart. "
+             "Default: JSON in $JHUB_BROKER_RESTART_COMMAND (jhub_broker.configure sets it).")
+    @default("restart_command")
+    def _restart_command(self):
+        import json
+        return json.loads(os.environ.get("JHUB_BROKER_RESTART_COMMAND") or "[]")
+
+    hub_check_url = Unicode(config=True, help="URL answering 200 when the hub is up after a restart "
+                                              "(default: $JUPYTERHUB_API_URL/).")
+
+    @default("hub_check_url")
+    def _hub_check_url(self):
+        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api").rstrip("/") + "/"
+
+    restart_timeout = Integer(120, config=True,
+                              help="Seconds to wait for the hub to answer after a restart before rolling back.")
+    auth_keep_backups = Integer(10, config=True, help="Timestamped backups of the auth fragment to keep.")
+    config_admin_users = List(
+        Unicode(), config=True,
+        help="Admins set in jupyterhub_config.py (Authenticator.admin_users): the page cannot remove them. "
+             "Default: JSON in $JHUB_BROKER_CONFIG_ADMINS (jhub_broker.configure sets it).")
+
+    @default("config_admin_users")
+    def _config_admin_users(self):
+        import json
+        return json.loads(os.environ.get("JHUB_BROKER_CONFIG_ADMINS") or "[]")
+
     service_url = Unicode(config=True, help="URL to listen on (default: $JUPYTERHUB_SERVICE_URL).")
     service_prefix = Unicode(config=True, help="URL prefix (default: $JUPYTERHUB_SERVICE_PREFIX).")
 
@@ -99,6 +140,7 @@ class BrokerService(Application):
             state = os.path.join(root, ".state")
             os.makedirs(state, mode=0o700, exist_ok=True)
             db_url = "sqlite:///" + os.path.join(state, "broker.sqlite")
+        self.db_url_resolved = db_url
         self.session_factory = make_session_factory(db_url)
         self.manager = EnvironmentManager(self.session_factory, root, os.path.join(data_dir, "kernels"),
                                           self.pythons, installer=self.installer, keep_builds=self.keep_builds,
@@ -127,10 +169,14 @@ class BrokerService(Application):
         def render(name, **ns):
             return env.get_template(name).render(**ns)
 
-        routes = h.routes(prefix)
+        routes = h.routes(prefix) + authadmin_routes(prefix)
         hub_prefix = os.environ.get("JUPYTERHUB_BASE_URL", "/")
+        fragment = os.path.join(self.auth_config_dir, self.auth_fragment_name) if self.auth_config_dir else ""
+        applier = MethodApplier(fragment, self.restart_command, self.hub_check_url, self.db_url_resolved,
+                                timeout=self.restart_timeout, keep_backups=self.auth_keep_backups, log=self.log)
         return web.Application(
             routes, manager=self.manager, service_prefix=prefix, render=render, xsrf_cookies=True,
+            hub_api=HubAPI(), method_applier=applier, config_admins=list(self.config_admin_users),
             cookie_secret=os.urandom(32), static_path=os.path.join(TEMPLATES, "static"),
             static_url_prefix=url_path_join(prefix, "static/"), hub_home=url_path_join(hub_prefix, "hub/home"))
 

@@ -23,13 +23,16 @@ def free_port():
 
 # Passed from the hub's environment to the service: where packages come from and how TLS/proxies work.
 PASS_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY",
-            "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+            "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+            # secrets of the authentication page are encrypted with the hub's key
+            "JUPYTERHUB_CRYPT_KEY")
 PASS_ENV_PREFIXES = ("PIP_", "UV_")
 
 
 def service_config(c, name="broker", port=None, environments_root="/opt/jhub-broker/environments",
                    jupyter_data_dir=None, db_url=None, managers=(), manager_groups=(), all_users_view=True,
-                   initial_environments=(), extra_args=(), environment=None, python=sys.executable):
+                   initial_environments=(), extra_args=(), environment=None, python=sys.executable,
+                   auth_admin=False):
     """Add the broker as a hub-managed service to ``c`` (a traitlets ``Config`` or a nested dict).
 
     - ``c.JupyterHub.services`` gets the service (started by the hub, OAuth without a confirm page);
@@ -42,7 +45,10 @@ def service_config(c, name="broker", port=None, environments_root="/opt/jhub-bro
     - the hub's TLS, proxy and index settings (``SSL_CERT_FILE``, ``HTTPS_PROXY``, ``PIP_*``, ``UV_*``) are
       passed to the service, plus ``environment``;
     - ``c.Spawner.environment['JUPYTER_PATH']`` gets the shared kernels' data dir, so every user's
-      server lists the published kernels.
+      server lists the published kernels;
+    - with ``auth_admin``, the service joins the hub's ``admin`` role: its authentication pages create and delete
+      users and grant or revoke the admin flag through the hub API (only an admin may grant admin). The pages
+      themselves answer hub admins only.
 
     Returns the service's URL.
     """
@@ -81,6 +87,12 @@ def service_config(c, name="broker", port=None, environments_root="/opt/jhub-bro
             user_role = {"name": "user", "scopes": ["self"]}
             roles.append(user_role)
         user_role["scopes"] = sorted(set(user_role.get("scopes", ["self"])) | {access, VIEW})
+    if auth_admin:
+        admin_role = next((r for r in roles if r.get("name") == "admin"), None)
+        if admin_role is None:
+            admin_role = {"name": "admin"}
+            roles.append(admin_role)
+        admin_role["services"] = sorted(set(admin_role.get("services", [])) | {name})
     jh["load_roles"] = roles
 
     sp = _section(c, "Spawner")

@@ -75,6 +75,15 @@ class Action(Base):
     finished: Mapped[Optional[datetime.datetime]] = mapped_column(DateTime, nullable=True)
 
 
+class AuthSetting(Base):
+    """One live authentication setting (JSON value), read by the hub's authenticator at every login."""
+    __tablename__ = "broker_auth_settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value_json: Mapped[str] = mapped_column(Text, default="null")
+    updated_by: Mapped[str] = mapped_column(String(255), default="")
+    updated: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 def make_session_factory(url, echo=False):
     """Create tables if needed and return a session factory for ``url``."""
     if "://" not in url:

@@ -96,10 +96,15 @@ class EnvironmentManager:
                 return b
         return None
 
-    def history(self, limit=200, target=None):
+    def history(self, limit=200, target=None, audit=False):
+        """Actions, newest first. The authentication audit log (target ``@auth``) only with ``audit=True``."""
         q = select(Action).order_by(Action.id.desc()).limit(limit)
+        if (target == "@auth") != bool(audit):
+            return []
         if target:
             q = q.where(Action.target == target)
+        else:  # the authentication audit log is for hub admins only (see authadmin)
+            q = q.where(Action.target != "@auth")
         return list(self.db.scalars(q))
 
     def read_log(self, name, number, offset=0):
