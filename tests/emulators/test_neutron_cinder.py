@@ -53,7 +53,7 @@ def test_network_flow_with_cli(local_cloud):
 
     # the seeded router already has the default network as interface
     r1 = c.cli("router", "show", "router1")
-    assert [i["ip_address"] for i in r1["interfaces_info"]] == ["127.42.0.1"]
+    assert [i["ip_address"] for i in r1["interfaces_info"]] == [c.fixed_prefix + "1"]
 
     router = c.cli("router", "create", "--external-gateway", "public", "cli-router")
     assert router["external_gateway_info"]["network_id"] == c.cli("network", "show", "public")["id"]
@@ -80,7 +80,7 @@ def test_network_flow_with_cli(local_cloud):
 
     fip = c.cli("floating", "ip", "create", "public")
     address = fip["floating_ip_address"]
-    assert address.startswith("127.43.0.") and fip["status"] == "DOWN" and fip["port_id"] is None
+    assert address.startswith(c.floating_prefix) and fip["status"] == "DOWN" and fip["port_id"] is None
     c.cli("floating", "ip", "set", "--port", "cli-port", address, json_output=False)
     shown = c.cli("floating", "ip", "show", address)
     assert (shown["status"], shown["port_id"], shown["fixed_ip_address"]) == ("ACTIVE", port["id"], "127.201.0.2")
@@ -118,7 +118,7 @@ def test_network_flow_with_sdk(local_cloud):
     router = conn.network.find_router("router1", ignore_missing=False)
     conn.network.add_interface_to_router(router, subnet_id=sub.id)
     ifaces = list(conn.network.ports(device_id=router.id, device_owner="network:router_interface"))
-    assert sorted(p.fixed_ips[0]["ip_address"] for p in ifaces) == ["127.202.0.1", "127.42.0.1"]
+    assert sorted(p.fixed_ips[0]["ip_address"] for p in ifaces) == sorted(["127.202.0.1", local_cloud.fixed_prefix + "1"])
 
     sg = conn.network.create_security_group(name="sdk-sg")
     conn.network.create_security_group_rule(security_group_id=sg.id, direction="ingress", protocol="tcp",

@@ -371,7 +371,7 @@ def test_microversion_shapes_and_server_extras(make_cloud):
     assert body == {"metadata": {"k": "v", "k2": "v2"}}
     st, _, body = http(cloud, "GET", f"/compute/v2.1/servers/{sid}/os-interface", token=tok)
     assert st == 200 and len(body["interfaceAttachments"]) == 1
-    assert body["interfaceAttachments"][0]["fixed_ips"][0]["ip_address"].startswith("127.42.0.")
+    assert body["interfaceAttachments"][0]["fixed_ips"][0]["ip_address"].startswith(cloud.fixed_prefix)
     st, _, body = http(cloud, "POST", f"/compute/v2.1/servers/{sid}/action", token=tok,
                        body={"os-getConsoleOutput": {"length": 10}})
     assert st == 200 and body == {"output": ""}

@@ -136,7 +136,11 @@ async def broker_hub(singleuser_python):
         yield hub
     finally:
         try:
-            await app.stop()
+            # not app.stop(): it schedules shutdown_cancel_tasks on the loop, which would then
+            # cancel whatever the next test is setting up
+            if app.http_server:
+                app.http_server.stop()
+            await app.shutdown_cancel_tasks()
         finally:
             MockHub.clear_instance()
             shutil.rmtree(root, ignore_errors=True)

@@ -75,7 +75,11 @@ c.JupyterHub.cookie_secret = os.urandom(32)
         yield ns
     finally:
         try:
-            await app.stop()
+            # not app.stop(): it schedules shutdown_cancel_tasks on the loop, which would then
+            # cancel whatever the next test is setting up
+            if app.http_server:
+                app.http_server.stop()
+            await app.shutdown_cancel_tasks()
         finally:
             MockHub.clear_instance()
             shutil.rmtree(d, ignore_errors=True)

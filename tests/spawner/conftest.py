@@ -2,6 +2,7 @@
 against the local cloud, whose VMs really run the notebook server."""
 import asyncio
 import os
+import tempfile
 import time
 
 import pytest
@@ -115,6 +116,8 @@ def spawner_config(cloud, **overrides):
     c.OpenStackSpawner.reaper_interval = 0
     c.OpenStackSpawner.hub_id = "test"
     c.JupyterHub.cookie_secret = os.urandom(32)
+    # not ./jupyterhub-proxy.pid: another hub started from the same directory would stop this hub's proxy
+    c.ConfigurableHTTPProxy.pid_file = os.path.join(tempfile.mkdtemp(prefix="jb-hub-"), "proxy.pid")
     c.Authenticator.admin_users = {"admin"}
     c.Authenticator.allow_all = True
     for key, value in overrides.items():
