@@ -57,6 +57,15 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         url = str(self.db.bind.url) if self.db is not None else "jupyterhub"
         return hashlib.sha256(url.encode()).hexdigest()[:8]
 
+    @default("server_token_scopes")
+    def _server_token_scopes_default(self):
+        if not self.environments_service_url:
+            return []  # the hub's default: the `server` role's scopes
+        # the VM reads the broker service with the notebook's token (see environments_service_url)
+        from ..services.scopes import VIEW
+        return ["users:activity!user", "access:servers!server", VIEW,
+                f"access:services!service={self.environments_service_name}"]
+
     @default("options_form")
     def _options_form_default(self):
         return self._render_options_form
@@ -291,11 +300,24 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
             bootstrap={"url": bootstrap_url, "secret": secret, "user": self.vm_user, "port": self.notebook_port,
                        "notebook_dir": self.volume_mount_point,
                        "singleuser": [os.path.join(self.singleuser_venv, "bin", "jupyterhub-singleuser"),
-                                      "/usr/local/bin/jupyterhub-singleuser", "/usr/bin/jupyterhub-singleuser"]},
+                                      "/usr/local/bin/jupyterhub-singleuser", "/usr/bin/jupyterhub-singleuser"],
+                       "environments": self._environments_config()},
             volume_id=self.volume_id, mount_point=self.volume_mount_point,
-            singleuser_venv=self.singleuser_venv, install_packages=self.install_packages)
+            singleuser_venv=self.singleuser_venv, install_packages=self.install_packages,
+            sync_code=bool(self.environments_service_url))
         return render_user_data(template_path=self.user_data_template or None,
                                 template_string=self.user_data_template_string or None, context=context)
+
+    def _environments_config(self):
+        """What the VM agent needs to build the broker's environments (None: off)."""
+        if not self.environments_service_url:
+            return None
+        from .userdata import VM_PKG_DIR
+        return {"service_url": self.environments_service_url, "root": self.environments_root,
+                "data_dir": self.environments_data_dir, "pkg_dir": VM_PKG_DIR,
+                "installer": self.environments_installer, "timeout": self.environments_timeout,
+                "interval": self.environments_sync_interval, "env": dict(self.environments_sync_env),
+                "tool_packages": self.environments_tool_packages}
 
     async def _wait_for_notebook(self, owner):
         url = f"http://{self.address}:{self.notebook_port}{self.user.url if not self.name else self.server.base_url}api"
@@ -306,7 +328,8 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
             nonlocal redeemed
             if not redeemed and not bootstrap.registry.pending(owner):
                 redeemed = True
-                self._progress(70, "The VM fetched its notebook settings from the hub")
+                self._progress(70, "The VM fetched its notebook settings from the hub" +
+                               ("; building the shared environments" if self.environments_service_url else ""))
             try:
                 await client.fetch(url, request_timeout=5, follow_redirects=False)
                 return True

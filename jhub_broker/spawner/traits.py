@@ -43,6 +43,28 @@ class OpenStackTraits(HasTraits):
     singleuser_venv = Unicode("/opt/jhub-broker/singleuser", config=True, help="Virtualenv on the VM holding jupyterhub-singleuser; pre-baked images have it, others get it installed at first boot.")
     install_packages = Unicode(f"jupyterhub=={jupyterhub.__version__} jupyterlab", config=True, help="pip requirements installed into `singleuser_venv` when the image lacks it.")
 
+    # --- shared environments (the broker service's kernels, built on the VM) -------------------
+    environments_service_url = Unicode("", config=True, help="""URL of the broker service as the VM reaches it,
+        e.g. https://hub.example.org/services/broker/ (empty: off).
+
+        When set, the VM, after fetching its notebook settings and before starting the notebook, runs the
+        broker's own sync code (shipped in user_data, jhub_broker need not be installed on the VM): it fetches
+        every published environment's lockfile, builds it under `environments_root` with the same builder,
+        smoke-tests its kernel and registers the kernelspec in `environments_data_dir`, which is put on the
+        notebook's JUPYTER_PATH. The notebook's own API token reads the service: while
+        `Spawner.server_token_scopes` is not configured, it gets the `server` role's scopes plus
+        `custom:broker-environments:view` and `access:services!service=<environments_service_name>`
+        (granted only when the user holds them, as service_config's user role does). If you configure
+        `server_token_scopes` yourself, include those two.""")
+    environments_service_name = Unicode("broker", config=True, help="Name of the broker service in the hub (for the `access:services` scope of the notebook's token).")
+    environments_root = Unicode("/var/lib/jhub-broker/environments", config=True, help="Where the VM builds the shared environments.")
+    environments_data_dir = Unicode("/var/lib/jhub-broker/jupyter", config=True, help="Jupyter data dir on the VM for the environments' kernelspecs (added to the notebook's JUPYTER_PATH).")
+    environments_installer = Enum(["auto", "uv", "pip"], "auto", config=True, help="Installer the VM builds environments with (auto: uv when the image has it, else pip).")
+    environments_timeout = Float(480, config=True, help="Seconds the VM spends at most building environments before it starts the notebook anyway (keep below `notebook_timeout`).")
+    environments_sync_interval = Float(600, config=True, help="Seconds between re-syncs on the running VM, so environments changed on the service reach it; 0: sync at boot only.")
+    environments_sync_env = Dict(Unicode(), config=True, help="Extra environment for the sync on the VM, e.g. {\"UV_INDEX_URL\": \"https://mirror/simple\", \"PIP_INDEX_URL\": \"...\"}.")
+    environments_tool_packages = Unicode("packaging virtualenv uv", config=True, help="pip requirements the VM installs (into /var/lib/jhub-broker/tools) when `singleuser_venv` lacks packaging and virtualenv.")
+
     # --- the user's data ---------------------------------------------------------------------------
     volume_size = Integer(10, config=True, help="Size (GiB) of the persistent data volume; 0 disables the volume.")
     volume_type = Unicode("", config=True, help="Cinder volume type of the data volume (optional).")

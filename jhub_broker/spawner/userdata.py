@@ -1,5 +1,6 @@
 """Render the cloud-init user_data that boots a notebook server on a VM."""
 import base64
+import gzip
 import json
 import os
 
@@ -7,6 +8,13 @@ import jinja2
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "templates")
 AGENT_PATH = os.path.join(os.path.dirname(__file__), "vm_agent.py")
+ENVIRONMENTS_SRC = os.path.join(os.path.dirname(os.path.dirname(__file__)), "services", "environments")
+
+# Where the VM gets the broker's environment sync code: the very modules the service builds with, written
+# by cloud-init under a package tree of their own (stub __init__ files), so ``python -m
+# jhub_broker.services.environments.sync`` runs there without jhub_broker (or its service deps) installed.
+VM_PKG_DIR = "/var/lib/jhub-broker/pkg"
+SYNC_MODULES = ("sync", "builder", "kernels", "smoke", "validation")
 
 # Install jupyterhub-singleuser when the image does not have it (a plain Ubuntu
 # cloud image); pre-baked images skip this in well under a second.
@@ -40,11 +48,28 @@ def render_user_data(*, template_path=None, template_string=None, context):
     return template.render(**context)
 
 
+def gz_b64(text):
+    """cloud-init's ``gz+b64`` write_files encoding (mtime 0: the same source gives the same user_data)."""
+    return base64.b64encode(gzip.compress(text.encode(), compresslevel=9, mtime=0)).decode()
+
+
+def sync_package_files(pkg_dir=VM_PKG_DIR):
+    """write_files entries ({path, content} gz+b64) of the sync code for the VM."""
+    files = []
+    for stub in ("jhub_broker", "jhub_broker/services", "jhub_broker/services/environments"):
+        files.append({"path": f"{pkg_dir}/{stub}/__init__.py", "content": gz_b64('"""Shipped by jhub_broker."""\n')})
+    for name in SYNC_MODULES:
+        with open(os.path.join(ENVIRONMENTS_SRC, name + ".py")) as f:
+            files.append({"path": f"{pkg_dir}/jhub_broker/services/environments/{name}.py", "content": gz_b64(f.read())})
+    return files
+
+
 def build_context(*, hub_user, server_name, vm_user, bootstrap, volume_id, mount_point,
-                  singleuser_venv, install_packages):
+                  singleuser_venv, install_packages, sync_code=False):
     with open(AGENT_PATH) as f:
         agent = f.read()
     return {
+        "extra_files": sync_package_files() if sync_code else [],
         "hub_user": hub_user,
         "server_name": server_name,
         "vm_user": vm_user,

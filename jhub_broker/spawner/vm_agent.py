@@ -4,7 +4,12 @@
 1. redeems the one-time bootstrap secret at the hub for the notebook's
    environment (the hub API token never sits in user_data);
 2. wipes the secret, writes TLS files if the hub uses internal SSL;
-3. starts ``jupyterhub-singleuser`` as the unprivileged notebook user, under
+3. when the hub configured it (``environments`` in the config), builds the broker service's
+   published environments with the broker's own sync code (written by cloud-init under
+   ``environments.pkg_dir``), reading the service with the notebook's API token, and puts their
+   kernelspecs' data dir on the notebook's JUPYTER_PATH; a background loop re-syncs every
+   ``environments.interval`` seconds (``agent.py --resync-loop``);
+4. starts ``jupyterhub-singleuser`` as the unprivileged notebook user, under
    systemd when the VM runs it, else as a daemon.
 """
 import json
@@ -68,6 +73,120 @@ def write_private(path, content, user):
     os.chown(path, user.pw_uid, user.pw_gid)
 
 
+ENV_TOKEN = os.path.join(STATE_DIR, "environments.token")
+ENV_LOG = "/var/log/jhub-broker-environments.log"
+TOOLS_VENV = "/var/lib/jhub-broker/tools"
+TOOL_CHECK = "import packaging, virtualenv"
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def _runs(python, code):
+    try:
+        return subprocess.run([python, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def tool_python(ec, singleuser_exe):
+    """A Python with packaging and virtualenv for the sync: the image's (baked) venv, else one made here."""
+    candidates = [os.path.join(os.path.dirname(singleuser_exe), "python")] if singleuser_exe else []
+    candidates.append(os.path.join(TOOLS_VENV, "bin", "python"))
+    for py in candidates:
+        if os.access(py, os.X_OK) and _runs(py, TOOL_CHECK):
+            return py
+    say("no Python with packaging and virtualenv on this image; installing them into " + TOOLS_VENV)
+    py = os.path.join(TOOLS_VENV, "bin", "python")
+    env = dict(os.environ, **(ec.get("env") or {}))
+    try:
+        subprocess.run(["/usr/bin/python3", "-m", "venv", TOOLS_VENV], check=True, timeout=300)
+        subprocess.run([py, "-m", "pip", "install", "-q"] + (ec.get("tool_packages") or "packaging virtualenv").split(),
+                       check=True, timeout=600, env=env)
+    except (OSError, subprocess.SubprocessError) as e:
+        say("could not install the environment tools: %s" % e)
+        return None
+    return py if _runs(py, TOOL_CHECK) else None
+
+
+def run_sync(ec, python, timeout):
+    """One run of the broker's sync (fetch lockfiles, build what changed, write kernelspecs)."""
+    cmd = [python, "-m", "jhub_broker.services.environments.sync", "--service-url", ec["service_url"],
+           "--token-file", ENV_TOKEN, "--root", ec["root"], "--jupyter-data-dir", ec["data_dir"],
+           "--installer", ec.get("installer") or "auto"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    if os.path.isfile(SYSTEM_CA):
+        # the VM's own CA store (with the site's CAs), not uv's/pip's bundled roots
+        env.setdefault("SSL_CERT_FILE", SYSTEM_CA)
+        env.setdefault("PIP_CERT", SYSTEM_CA)
+    env.update(ec.get("env") or {})
+    env["PYTHONPATH"] = ec["pkg_dir"]
+    env.setdefault("HOME", "/root")
+    with open(ENV_LOG, "a") as log:
+        log.write("==== sync at %s\n" % time.strftime("%Y-%m-%d %H:%M:%S"))
+        log.flush()
+        try:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  env=env, cwd="/", timeout=timeout)
+            return proc.returncode
+        except subprocess.TimeoutExpired:
+            log.write("sync did not finish within %d s\n" % timeout)
+            return None
+        except OSError as e:
+            log.write("sync could not run: %s\n" % e)
+            return None
+
+
+def sync_environments(cfg, env, singleuser_exe):
+    """Build the service's environments before the notebook starts; never keeps the notebook from starting."""
+    ec = cfg.get("environments")
+    if not ec:
+        return
+    paths = [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    env["JUPYTER_PATH"] = os.pathsep.join([ec["data_dir"]] + [p for p in paths if p != ec["data_dir"]])
+    token = env.get("JUPYTERHUB_API_TOKEN")
+    if not token:
+        say("no API token to read the environments service with; skipping environments")
+        return
+    if not os.path.isfile(os.path.join(ec["pkg_dir"], "jhub_broker", "services", "environments", "sync.py")):
+        say("the environment sync code is missing from %s (custom user_data template?); skipping" % ec["pkg_dir"])
+        return
+    fd = os.open(ENV_TOKEN, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    python = tool_python(ec, singleuser_exe)
+    if python is None:
+        say("cannot build environments (no packaging/virtualenv); starting the notebook without them")
+        return
+    started = time.time()
+    say("building the shared environments from %s (log: %s)" % (ec["service_url"], ENV_LOG))
+    rc = run_sync(ec, python, float(ec.get("timeout") or 480))
+    say("environments %s after %.0f s" % ("ready" if rc == 0 else "incomplete (status %s; see %s)" % (rc, ENV_LOG),
+                                          time.time() - started))
+    if rc != 0:
+        try:
+            with open(ENV_LOG, errors="replace") as f:
+                tail = f.readlines()[-15:]
+        except OSError:
+            tail = []
+        for line in tail:
+            say("  " + line.rstrip())
+    if float(ec.get("interval") or 0) > 0:
+        with open(os.path.join(STATE_DIR, "environments.json"), "w") as f:
+            json.dump(dict(ec, python=python), f)
+        subprocess.Popen([sys.executable, os.path.abspath(__file__), "--resync-loop"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
+
+
+def resync_loop():
+    """Re-sync now and then, so environments changed (or deleted) on the service follow on this VM."""
+    with open(os.path.join(STATE_DIR, "environments.json")) as f:
+        ec = json.load(f)
+    interval = float(ec["interval"])
+    while os.path.exists(ENV_TOKEN):
+        time.sleep(interval)
+        run_sync(ec, ec["python"], max(interval, float(ec.get("timeout") or 480)))
+
+
 def find_singleuser(candidates):
     for path in candidates:
         if os.access(path, os.X_OK):
@@ -105,6 +224,7 @@ def main():
                 path = os.path.join(ssl_dir, name + ".pem")
                 write_private(path, ssl_files[name], user)
                 env[var] = path
+    sync_environments(cfg, env, exe)
     argv = [exe, "--ip=0.0.0.0", "--port=%d" % int(payload.get("port", cfg.get("port", 8888))),
             "--notebook-dir=" + home] + list(payload.get("args", []))
     env_path = os.path.join(STATE_DIR, "notebook.env.json")
@@ -136,4 +256,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--resync-loop"]:
+        resync_loop()
+    else:
+        main()
