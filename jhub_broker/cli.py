@@ -47,6 +47,8 @@ def main(argv=None):
     p.add_argument("--state-dir", default=os.path.expanduser("~/.jhub-broker-demo"))
     p.add_argument("--port", type=int, default=8000, help="the hub's public port")
     p.add_argument("--cloud-only", action="store_true", help="start only the local cloud")
+    p.add_argument("--no-login", action="store_true",
+                   help="no Check-in stand-in: JupyterHub's DummyAuthenticator (any name, no password)")
     p.set_defaults(func=_cmd_demo)
 
     args = parser.parse_args(argv)

@@ -341,7 +341,7 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
                 return False
 
         try:
-            await exponential_backoff(answering, "notebook not answering", start_wait=0.1, max_wait=2,
+            await exponential_backoff(answering, "notebook not answering", start_wait=0.05, max_wait=0.25,
                                       timeout=self.notebook_timeout)
         except asyncio.TimeoutError:
             raise CloudError(f"The notebook server on the VM did not answer within {self.notebook_timeout:.0f} s."

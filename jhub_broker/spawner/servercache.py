@@ -32,7 +32,7 @@ def _list_tagged(conn, tag):
 class ServerCache:
     _instances = {}
 
-    def __init__(self, adapter, tag, interval=10.0, fast_interval=0.25):
+    def __init__(self, adapter, tag, interval=10.0, fast_interval=0.1):
         self.adapter = adapter
         self.tag = tag
         self.interval = interval
