@@ -12,6 +12,8 @@ import sys
 import time
 import urllib.request
 
+from .process import stop_process
+
 ROOT_KEYS = {"aws_access_key_id": "AKIAIOSFODNN7EXAMPLE", "aws_secret_access_key": "root-secret-for-moto-only"}
 
 
@@ -82,10 +84,4 @@ class MotoS3:
         urllib.request.urlopen(req, timeout=10).close()
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)

@@ -11,6 +11,8 @@ import time
 import pytest
 import requests
 
+from tests.fixtures.hub import stop_mockhub
+
 CHP_DIR = "/tmp/npmchp/node_modules/.bin"
 if os.path.isdir(CHP_DIR) and CHP_DIR not in os.environ.get("PATH", ""):
     os.environ["PATH"] = CHP_DIR + os.pathsep + os.environ["PATH"]
@@ -136,11 +138,7 @@ async def broker_hub(singleuser_python):
         yield hub
     finally:
         try:
-            # not app.stop(): it schedules shutdown_cancel_tasks on the loop, which would then
-            # cancel whatever the next test is setting up
-            if app.http_server:
-                app.http_server.stop()
-            await app.shutdown_cancel_tasks()
+            await stop_mockhub(app)
         finally:
             MockHub.clear_instance()
             shutil.rmtree(root, ignore_errors=True)

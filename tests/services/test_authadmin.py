@@ -20,6 +20,8 @@ from tornado.web import RequestHandler
 
 from tests.services.conftest import Client, world_readable_tmpdir
 
+from tests.fixtures.hub import stop_mockhub
+
 os.environ.setdefault("JUPYTERHUB_CRYPT_KEY", Fernet.generate_key().decode())
 CHP_BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                        "share", "node", "node_modules", ".bin")
@@ -75,11 +77,7 @@ c.JupyterHub.cookie_secret = os.urandom(32)
         yield ns
     finally:
         try:
-            # not app.stop(): it schedules shutdown_cancel_tasks on the loop, which would then
-            # cancel whatever the next test is setting up
-            if app.http_server:
-                app.http_server.stop()
-            await app.shutdown_cancel_tasks()
+            await stop_mockhub(app)
         finally:
             MockHub.clear_instance()
             shutil.rmtree(d, ignore_errors=True)

@@ -11,6 +11,7 @@ import requests
 from jhub_broker.spawner.cloud import CloudAdapter
 from jhub_broker.spawner.reaper import Reaper
 from jhub_broker.spawner.servercache import ServerCache
+from tests.fixtures.hub import stop_mockhub
 
 
 class HubClient:
@@ -139,11 +140,7 @@ async def stop_hub(app):
     ServerCache.stop_all()
     Reaper.stop_all()
     try:
-        if app.http_server:
-            app.http_server.stop()
-            # as when the hub process exits: kept-alive connections of notebook servers close too
-            await asyncio.wait_for(app.http_server.close_all_connections(), 10)
-        await app.shutdown_cancel_tasks()
+        await stop_mockhub(app)
     finally:
         MockHub.clear_instance()
         CloudAdapter.forget_all()

@@ -15,6 +15,8 @@ import subprocess
 import time
 import urllib.request
 
+from ..process import stop_process
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ACCOUNTS_FILE = os.path.join(HERE, "accounts.json")
 
@@ -73,10 +75,4 @@ class CheckinStandIn:
                 time.sleep(0.1)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
