@@ -123,7 +123,12 @@ def test_demo_login_spawn_proxy_and_clean_stop(demo):
     proc, base, state_dir, out = demo
     try:
         wait_for_hub(base, proc)
+        # the demo prints its banner once it has seen the hub answer, which can be after we do
+        deadline = time.monotonic() + 60
         banner = out.read_text()
+        while "alice-pw" not in banner and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            banner = out.read_text()
         assert "alice" in banner and "alice-pw" in banner, "the banner lists the researcher accounts"
         assert "OS_CLIENT_CONFIG_FILE=" in banner
         secret = open(os.path.join(state_dir, "secrets", "checkin-client-secret")).read().strip()
