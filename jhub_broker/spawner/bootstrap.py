@@ -6,6 +6,10 @@ notebook server's environment (API token included) and TLS material; the
 secret is then spent, so the copy that stays readable in the metadata service
 and ``/var/lib/cloud`` for the VM's life is worthless.  An unredeemed secret
 expires with the spawn's start timeout.
+
+A payload can be issued *held* while the spawner still has to add to it (the
+notebook's certificate, signed once the VM's address is known): redeeming a held
+secret answers 503 with ``Retry-After`` and does not spend it.
 """
 import hashlib
 import hmac
@@ -25,18 +29,28 @@ def _digest(secret):
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+HELD = object()
+
+
 class BootstrapRegistry:
     """Secrets waiting to be redeemed, kept as digests only."""
 
     def __init__(self):
         self._entries = {}
 
-    def issue(self, owner, payload, ttl):
+    def issue(self, owner, payload, ttl, held=False):
         self.revoke(owner)
         secret = secrets.token_urlsafe(32)
-        self._entries[_digest(secret)] = {"owner": owner, "payload": payload,
+        self._entries[_digest(secret)] = {"owner": owner, "payload": payload, "held": held,
                                           "expires": time.monotonic() + ttl}
         return secret
+
+    def release(self, owner, **changes):
+        """Complete a held payload with ``changes``; from now on the secret can be redeemed."""
+        for entry in self._entries.values():
+            if entry["owner"] == owner:
+                entry["payload"].update(changes)
+                entry["held"] = False
 
     def update(self, owner, **changes):
         for entry in self._entries.values():
@@ -44,10 +58,13 @@ class BootstrapRegistry:
                 entry["payload"].update(changes)
 
     def redeem(self, secret):
+        """The entry of ``secret``, now spent; ``HELD`` if its payload is not complete yet; None if unknown."""
         self._expire()
         digest = _digest(secret or "")
         for key in list(self._entries):
             if hmac.compare_digest(key, digest):
+                if self._entries[key].get("held"):
+                    return HELD
                 return self._entries.pop(key)
         return None
 
@@ -82,6 +99,13 @@ class BootstrapHandler(web.RequestHandler):
         except (ValueError, AttributeError):
             secret = None
         entry = registry.redeem(secret) if isinstance(secret, str) else None
+        if entry is HELD:
+            # not an error page: send_error would drop the Retry-After header
+            self.set_status(503)
+            self.set_header("Retry-After", "1")
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"status": 503, "message": "the server's settings are not ready yet, retry"}))
+            return
         if entry is None:
             log.warning("refused a bootstrap request from %s: unknown, spent or expired secret",
                         self.request.remote_ip)

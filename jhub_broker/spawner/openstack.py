@@ -1,17 +1,21 @@
 """OpenStackSpawner: one VM per user on an OpenStack cloud, booted with cloud-init."""
 import asyncio
 import hashlib
+import inspect
 import os
 import re
+import socket
+import ssl
 import time
+from urllib.parse import urlparse, urlunparse
 
 from jupyterhub.spawner import Spawner, SpawnException
-from jupyterhub.utils import exponential_backoff
+from jupyterhub.utils import exponential_backoff, make_ssl_context
 from openstack import exceptions as os_exc
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import default
 
-from . import bootstrap
+from . import bootstrap, tls
 from .cloud import CloudAdapter, CloudError, error_text
 from .lifecycle import VMLifecycle
 from .options import OptionsForm
@@ -41,6 +45,7 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
     volume_id = None
     floating_ip_id = None
     address = None
+    _warned_plain_bootstrap = False
 
     @default("start_timeout")
     def _start_timeout_default(self):
@@ -69,6 +74,16 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
     @default("options_form")
     def _options_form_default(self):
         return self._render_options_form
+
+    @default("ssl_alt_names_include_local")
+    def _ssl_alt_names_include_local_default(self):
+        # the notebook runs on a VM of its own: localhost/127.0.0.1 are not its names
+        return False
+
+    @default("ssl_alt_names")
+    def _ssl_alt_names_default(self):
+        # not the hub's trusted_alt_names (JupyterHub's default): those name the hub, not a VM
+        return []
 
     # -- shared machinery ------------------------------------------------------------------
     def _connect_kwargs(self):
@@ -192,6 +207,43 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         """Flavor and image for this spawn, validated server-side against the choices."""
         return await OptionsForm(self).validate(self.user_options or {})
 
+    # -- internal_ssl ---------------------------------------------------------------------------
+    async def create_certs(self):
+        """Called by the hub before start() when ``c.JupyterHub.internal_ssl`` is on.
+
+        Nothing is created here: the VM's addresses are not known yet. start() signs the
+        notebook's certificate (``notebooks-ca``, the VM's fixed and floating IP as SANs plus
+        ``ssl_alt_names``) once they are, in memory, and sends key, certificate and trust bundle
+        to the VM in the one-time bootstrap payload; no key is written on the hub.
+        """
+        return {"deferred": True}
+
+    async def move_certs(self, paths):
+        """Where the VM's agent writes the files: what JUPYTERHUB_SSL_* point the notebook at."""
+        return dict(tls.VM_CERT_PATHS)
+
+    async def _sign_certificate(self, addresses):
+        ssl_alt_names = self.ssl_alt_names
+        if callable(ssl_alt_names):
+            ssl_alt_names = ssl_alt_names(self)
+            if inspect.isawaitable(ssl_alt_names):
+                ssl_alt_names = await ssl_alt_names
+        extra = list(ssl_alt_names or [])
+        if self.ssl_alt_names_include_local:
+            extra = ["DNS:localhost", "IP:127.0.0.1"] + extra
+        names = tls.alt_names_for(addresses, extra)
+        common_name = "user-" + self.user.name + (f"-{self.name}" if self.name else "")
+        pair = await asyncio.to_thread(tls.sign_notebook_pair, self.internal_certs_location, common_name, names,
+                                       self.internal_trust_bundles[tls.NOTEBOOK_CA])
+        self.log.info("Signed the notebook certificate of %s for %s", self._log_name, ", ".join(names))
+        return pair
+
+    def _hub_ssl_context(self):
+        """The hub's client context for talking to notebooks (as JupyterHub's own wait_up uses)."""
+        settings = getattr(self.user, "settings", None) or {}
+        return make_ssl_context(settings.get("internal_ssl_key"), settings.get("internal_ssl_cert"),
+                                cafile=settings.get("internal_ssl_ca"))
+
     # -- start --------------------------------------------------------------------------------
     async def start(self):
         self.__dict__["_events"] = []
@@ -238,7 +290,9 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         env = self.get_env()
         owner = f"{self.user.name}/{self.name}"
         payload = {"env": env, "port": self.notebook_port, "args": list(self.args)}
-        secret = bootstrap.registry.issue(owner, payload, ttl=self.boot_timeout + self.notebook_timeout)
+        # with internal_ssl the payload is held until the notebook's certificate is signed (below)
+        secret = bootstrap.registry.issue(owner, payload, ttl=self.boot_timeout + self.notebook_timeout,
+                                          held=bool(self.internal_ssl))
         created["bootstrap"] = owner
         user_data = self._render_user_data(secret)
 
@@ -274,12 +328,16 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
             self.address = fixed
         if not self.address:
             raise CloudError("The server has no IPv4 address on its network.")
+        if self.internal_ssl:
+            # the key exists only in this payload (memory) until the VM redeems it; revoked on failure/stop
+            bootstrap.registry.release(owner, ssl=await self._sign_certificate([fixed, self.address]))
         self._progress(60, f"Address {self.address} assigned; waiting for the notebook server")
 
         await self._wait_for_notebook(owner)
         Reaper.in_flight.discard(self.server_id)
         self._known_since = time.monotonic()
         self._progress(100, "Notebook server is answering")
+        # the hub makes this https:// when internal_ssl is on
         return (self.address, self.notebook_port)
 
     def _allowed_cidrs(self):
@@ -293,8 +351,36 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
             out.append(f"{ip}/128" if ":" in ip else f"{ip}/32")
         return out or ["127.0.0.1/32"]
 
+    def _bootstrap_url(self):
+        """Where the VM redeems its secret."""
+        if self.bootstrap_url:
+            return self.bootstrap_url
+        if not self.internal_ssl:
+            return self.hub.api_url.rstrip("/") + "/jhub-broker/bootstrap"
+        # internal_ssl: the hub's own port demands a client certificate, which the VM gets only by
+        # redeeming its secret; so it goes through the proxy's public side (which has one)
+        if self.public_hub_url:
+            url = self.public_hub_url.rstrip("/") + "/api/jhub-broker/bootstrap"
+        else:
+            from jupyterhub.app import JupyterHub
+            public = urlparse(JupyterHub.instance().proxy.public_url)
+            host = public.hostname
+            if host in (None, "", "0.0.0.0", "::"):
+                host = self.hub.connect_ip or socket.gethostname()
+            netloc = (f"[{host}]" if ":" in host else host) + (f":{public.port}" if public.port else "")
+            url = urlunparse((public.scheme or "http", netloc,
+                              self.hub.base_url.rstrip("/") + "/api/jhub-broker/bootstrap", "", "", ""))
+        host = urlparse(url).hostname or ""
+        if url.startswith("http://") and not host.startswith("127.") and host not in ("localhost", "::1") \
+                and not OpenStackSpawner._warned_plain_bootstrap:
+            OpenStackSpawner._warned_plain_bootstrap = True
+            self.log.warning("internal_ssl is on, but VMs fetch their settings (API token, TLS key) over plain HTTP "
+                             "at %s: serve the hub's public URL over https or set c.OpenStackSpawner.bootstrap_url",
+                             url)
+        return url
+
     def _render_user_data(self, secret):
-        bootstrap_url = self.hub.api_url.rstrip("/") + "/jhub-broker/bootstrap"
+        bootstrap_url = self._bootstrap_url()
         context = build_context(
             hub_user=self.user.name, server_name=self.name or "", vm_user=self.vm_user,
             bootstrap={"url": bootstrap_url, "secret": secret, "user": self.vm_user, "port": self.notebook_port,
@@ -320,21 +406,27 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
                 "tool_packages": self.environments_tool_packages}
 
     async def _wait_for_notebook(self, owner):
-        url = f"http://{self.address}:{self.notebook_port}{self.user.url if not self.name else self.server.base_url}api"
+        proto = "https" if self.internal_ssl else "http"
+        url = f"{proto}://{self.address}:{self.notebook_port}{self.user.url if not self.name else self.server.base_url}api"
+        ssl_context = self._hub_ssl_context() if self.internal_ssl else None
         client = AsyncHTTPClient()
         redeemed = False
+        refused_cert = None
 
         async def answering():
-            nonlocal redeemed
+            nonlocal redeemed, refused_cert
             if not redeemed and not bootstrap.registry.pending(owner):
                 redeemed = True
                 self._progress(70, "The VM fetched its notebook settings from the hub" +
                                ("; building the shared environments" if self.environments_service_url else ""))
             try:
-                await client.fetch(url, request_timeout=5, follow_redirects=False)
+                await client.fetch(url, request_timeout=5, follow_redirects=False, ssl_options=ssl_context)
                 return True
             except HTTPClientError as e:
                 return e.code not in (599,)  # any HTTP answer means the server is up
+            except ssl.SSLCertVerificationError as e:
+                refused_cert = e.verify_message or str(e)
+                return True  # answering, with a certificate the hub will not accept: fail now
             except OSError:
                 return False
             except Exception:  # noqa: BLE001
@@ -346,6 +438,9 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         except asyncio.TimeoutError:
             raise CloudError(f"The notebook server on the VM did not answer within {self.notebook_timeout:.0f} s."
                              + await self._console_hint()) from None
+        if refused_cert:
+            raise CloudError(f"The notebook server on the VM answered with a TLS certificate the hub does not "
+                             f"accept ({refused_cert}).")
 
     async def _console_hint(self):
         if not self.server_id:

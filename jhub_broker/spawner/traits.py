@@ -42,6 +42,11 @@ class OpenStackTraits(HasTraits):
     notebook_port = Integer(8888, config=True, help="Port of the notebook server on the VM.")
     singleuser_venv = Unicode("/opt/jhub-broker/singleuser", config=True, help="Virtualenv on the VM holding jupyterhub-singleuser; pre-baked images have it, others get it installed at first boot.")
     install_packages = Unicode(f"jupyterhub=={jupyterhub.__version__} jupyterlab", config=True, help="pip requirements installed into `singleuser_venv` when the image lacks it.")
+    bootstrap_url = Unicode("", config=True, help="""URL the VM posts its one-time bootstrap secret to, as the VM reaches it
+        (the hub's `/hub/api/jhub-broker/bootstrap`). Default: the hub's API URL; with
+        `c.JupyterHub.internal_ssl` the hub's public URL (`JupyterHub.public_url`, else the proxy's
+        `bind_url`), because the hub's own port then demands a client certificate the VM receives only
+        in the bootstrap answer.""")
 
     # --- shared environments (the broker service's kernels, built on the VM) -------------------
     environments_service_url = Unicode("", config=True, help="""URL of the broker service as the VM reaches it,

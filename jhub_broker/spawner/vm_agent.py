@@ -24,6 +24,11 @@ import urllib.request
 
 CONFIG = "/etc/jhub-broker/bootstrap.json"
 STATE_DIR = "/etc/jhub-broker"
+# internal_ssl: the notebook's key, certificate and client-CA bundle from the bootstrap payload's
+# "ssl" slot, and the env vars pointing at them (the spawner hands the hub these same paths)
+SSL_DIR = os.path.join(STATE_DIR, "ssl")
+SSL_FILES = (("key", "JUPYTERHUB_SSL_KEYFILE"), ("cert", "JUPYTERHUB_SSL_CERTFILE"),
+             ("ca", "JUPYTERHUB_SSL_CLIENT_CA"))
 
 
 def say(msg):
@@ -40,6 +45,7 @@ def redeem(cfg):
     while True:
         req = urllib.request.Request(cfg["url"], data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
+        wait = None
         try:
             with urllib.request.urlopen(req, timeout=30, context=ctx) as resp:
                 return json.loads(resp.read().decode())
@@ -47,12 +53,21 @@ def redeem(cfg):
             if e.code == 403:
                 say("the hub refused the bootstrap secret (spent or expired); not starting")
                 sys.exit(3)
+            if e.code == 503 and e.headers.get("Retry-After"):
+                # the hub is still completing this VM's settings (e.g. signing its certificate)
+                try:
+                    wait = min(max(float(e.headers["Retry-After"]), 0.1), 30)
+                except ValueError:
+                    wait = None
             say("hub answered %s, retrying" % e.code)
         except (urllib.error.URLError, OSError) as e:
             say("hub not reachable yet (%s), retrying" % getattr(e, "reason", e))
         if time.time() > deadline:
             say("gave up reaching the hub")
             sys.exit(4)
+        if wait is not None:
+            time.sleep(wait)
+            continue
         time.sleep(delay)
         delay = min(delay * 2, 5)
 
@@ -215,15 +230,15 @@ def main():
     env.update(payload.get("env", {}))
     ssl_files = payload.get("ssl") or {}
     if ssl_files:
-        ssl_dir = os.path.join(STATE_DIR, "ssl")
-        os.makedirs(ssl_dir, mode=0o700, exist_ok=True)
-        os.chown(ssl_dir, user.pw_uid, user.pw_gid)
-        for name, var in (("key", "JUPYTERHUB_SSL_KEYFILE"), ("cert", "JUPYTERHUB_SSL_CERTFILE"),
-                          ("ca", "JUPYTERHUB_SSL_CLIENT_CA")):
+        os.makedirs(SSL_DIR, mode=0o700, exist_ok=True)
+        os.chmod(SSL_DIR, 0o700)
+        os.chown(SSL_DIR, user.pw_uid, user.pw_gid)
+        for name, var in SSL_FILES:
             if ssl_files.get(name):
-                path = os.path.join(ssl_dir, name + ".pem")
+                path = os.path.join(SSL_DIR, name + ".pem")
                 write_private(path, ssl_files[name], user)
                 env[var] = path
+        say("TLS key and certificate for the notebook written to " + SSL_DIR)
     sync_environments(cfg, env, exe)
     argv = [exe, "--ip=0.0.0.0", "--port=%d" % int(payload.get("port", cfg.get("port", 8888))),
             "--notebook-dir=" + home] + list(payload.get("args", []))
