@@ -119,6 +119,118 @@ def _checkin():
     return CheckinAuthenticator
 
 
+def _native():
+    """NativeAuthenticator where the broker's allowed users and admins count as approved accounts.
+
+    NativeAuthenticator lets a user log in once their sign-up is approved (``UserInfo.is_authorized``); it
+    pre-approves, at sign-up, names in ``admin_users``/``allowed_users``. Here, additionally:
+
+    - the live settings are read before a sign-up, so a user allowed (or made admin) on the broker's page a moment
+      ago is pre-approved without a hub restart; the bootstrap admins of ``jupyterhub_config.py`` always are, so
+      the first admin can sign up and log in at once (nobody would be there to approve them);
+    - a user who signed up first and was allowed on the broker's page afterwards is approved at their next login;
+    - an account approved on NativeAuthenticator's own page (``/hub/authorize``), or by ``open_signup``, may log
+      in even though ``allow_all`` is off (else the hub refused it with a misleading "Invalid username or
+      password"); "only admins may log in" still wins;
+    - the sign-up page tells a pre-approved user they may log in now (not "sent to the admin");
+    - its login page works on JupyterHub 6 (NativeAuthenticator 1.3 still times logins with ``statsd``, which
+      JupyterHub 6 removed, so every login failed with a 500; and a refused form, e.g. an expired ``_xsrf``,
+      crashed the error page instead of showing the login form with the reason).
+    """
+    from jinja2 import ChoiceLoader, FileSystemLoader
+    from nativeauthenticator import NativeAuthenticator
+    from nativeauthenticator.handlers import TEMPLATE_DIR, LoginHandler, SignUpHandler
+
+    class _NoStats:
+        def timer(self, *args, **kwargs):
+            return self
+
+        def start(self):
+            return self
+
+        def stop(self, *args, **kwargs):
+            pass
+
+        def incr(self, *args, **kwargs):
+            pass
+
+    class LiveLoginHandler(LoginHandler):
+        _sync_render = False
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # NativeAuthenticator adds its templates to the hub's async Jinja environment only
+            env = self.settings.get("jinja2_env_sync")
+            if env is not None and not getattr(env, "_jhub_broker_native", False):
+                env.loader = ChoiceLoader([env.loader, FileSystemLoader([TEMPLATE_DIR])])
+                env._jhub_broker_native = True
+
+        @property
+        def statsd(self):
+            return self.settings.get("statsd") or _NoStats()
+
+        def render_template(self, name, **ns):
+            if self._sync_render:
+                ns["sync"] = True
+            return super().render_template(name, **ns)
+
+        def _render(self, login_error=None, username=None, sync=False, **kwargs):
+            # JupyterHub renders a refused login form synchronously, with the error page's extra fields
+            self._sync_render = sync
+            try:
+                return super()._render(login_error=login_error, username=username)
+            finally:
+                self._sync_render = False
+
+    class LiveSignUpHandler(SignUpHandler):
+        def get_result_message(self, user, assume_user_is_human, username_already_taken, confirmation_matches,
+                               user_is_admin):
+            approved = user_is_admin or bool(user is not None and user.is_authorized)
+            return super().get_result_message(user, assume_user_is_human, username_already_taken,
+                                              confirmation_matches, approved)
+
+    class LiveNativeAuthenticator(LiveSettingsMixin, NativeAuthenticator):
+        __doc__ = _native.__doc__
+
+        def _approved_here(self, username):
+            # allowed_users also holds existing hub users (allow_existing_users): they were let in before
+            return username in self.admin_users or username in self.allowed_users
+
+        def add_new_table(self):
+            if self.db is None:  # instantiated outside the hub (the broker validating a config): no database
+                return
+            return super().add_new_table()
+
+        def create_user(self, username, password, **kwargs):
+            self.apply_live_settings()
+            return super().create_user(username, password, **kwargs)
+
+        async def authenticate(self, handler, data=None, **kwargs):
+            self.apply_live_settings()
+            name = self.normalize_username((data or {}).get("username") or "")
+            info = self.get_user(name) if name else None
+            if info is not None and not info.is_authorized and self._approved_here(name):
+                self.log.info("Approving %s's sign-up: allowed by an admin", name)
+                info.is_authorized = True
+                self.db.commit()
+            return await maybe_future(NativeAuthenticator.authenticate(self, handler, data))
+
+        async def check_allowed(self, username, auth_model=None):
+            if not (self._live or {}).get("admins_only"):
+                info = self.get_user(username)
+                if info is not None and info.is_authorized:
+                    return True
+            return await super().check_allowed(username, auth_model)
+
+        def get_handlers(self, app):
+            ours = {SignUpHandler: LiveSignUpHandler, LoginHandler: LiveLoginHandler}
+            return [(path, ours.get(handler, handler)) for path, handler in super().get_handlers(app)]
+
+    LiveNativeAuthenticator.__module__ = __name__
+    LiveNativeAuthenticator.__qualname__ = "LiveNativeAuthenticator"
+    return LiveNativeAuthenticator
+
+
 _LAZY = {
     "LiveCheckinAuthenticator": lambda: _live(_checkin(), "LiveCheckinAuthenticator",
                                               "EGI Check-in + live settings."),
@@ -135,9 +247,7 @@ _LAZY = {
     "LiveAzureAdOAuthenticator": lambda: _live(
         __import__("oauthenticator.azuread", fromlist=["x"]).AzureAdOAuthenticator,
         "LiveAzureAdOAuthenticator", "Azure AD + live settings."),
-    "LiveNativeAuthenticator": lambda: _live(
-        __import__("nativeauthenticator", fromlist=["x"]).NativeAuthenticator,
-        "LiveNativeAuthenticator", "NativeAuthenticator (local sign-up, admins approve) + live settings."),
+    "LiveNativeAuthenticator": _native,
 }
 
 

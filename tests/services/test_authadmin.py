@@ -255,6 +255,236 @@ async def test_forms_need_xsrf_pages_escape_and_secrets_stay_hidden(auth_hub):
     assert cfg.LiveDummyAuthenticator.password == SECRET
 
 
+# ---------------------------------------------------------------- the OAuth test, against the Check-in stand-in
+OIDC_ID, OIDC_SECRET = "hub-oauth-test", "oidc-Client-Secret-77f3e1d0"
+ROBOT_ID, ROBOT_SECRET = "robot-no-login", "robot-Client-Secret-5a1c"
+CALLBACK = "https://hub.example.org/hub/oauth_callback"
+
+
+@pytest.fixture(scope="module")
+def standin():
+    """The Check-in stand-in (npm oidc-provider) with the client the hub would use, and a client that may not log
+    users in (client credentials only)."""
+    from jhub_broker.emulators.checkin import CheckinStandIn
+    if not shutil.which("node"):
+        pytest.skip("node is needed for the Check-in stand-in")
+    d = world_readable_tmpdir("jb-standin-")
+    s = CheckinStandIn([{"client_id": OIDC_ID, "client_secret": OIDC_SECRET, "redirect_uris": [CALLBACK]},
+                        {"client_id": ROBOT_ID, "client_secret": ROBOT_SECRET, "redirect_uris": [CALLBACK],
+                         "grant_types": ["client_credentials"], "response_types": []}], d)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def oidc_form(issuer, client_id=OIDC_ID, secret=OIDC_SECRET, callback=CALLBACK, kind="generic-oidc"):
+    return {"kind": kind, "issuer": issuer, "client_id": client_id, "client_secret": secret,
+            "oauth_callback_url": callback}
+
+
+def steps_of(result):
+    return {s["step"]: s for s in result["steps"]}
+
+
+async def test_oauth_test_tells_a_working_client_from_each_mistake(auth_hub, standin):
+    hub = auth_hub
+    before = (await hub.api("GET", "auth/method")).json()["method"]
+    fragment = os.path.join(hub.dir, "conf.d", "50-jhub-broker-auth.py")
+    fragment_before = open(fragment).read() if os.path.exists(fragment) else None
+
+    async def test(body, user="admin"):
+        r = await hub.api("POST", "auth/method/test", user=user, json=body)
+        assert OIDC_SECRET not in r.text and ROBOT_SECRET not in r.text
+        return r
+
+    # a correct issuer, client id, secret and callback URL: every check passes, and says so
+    for kind in ("generic-oidc", "egi-checkin"):  # Check-in with its issuer pointed at the stand-in
+        r = await test(oidc_form(standin.issuer, kind=kind))
+        assert r.status_code == 200, r.text
+        res = r.json()
+        assert res["ok"] is True, res
+        assert res["issuer"] == standin.issuer and res["client_id"] == OIDC_ID and res["kind"] == kind
+        steps = steps_of(res)
+        assert list(steps) == ["discovery", "signing keys", "client id and callback URL", "client secret"]
+        assert all(s["ok"] is True for s in res["steps"]), res
+        assert "can log in with these settings" in res["summary"]
+        assert "invalid_grant" in steps["client secret"]["detail"]  # the test code, refused after the client
+
+    # a wrong secret: the client id is known, the secret is what to fix
+    res = (await test(oidc_form(standin.issuer, secret="not-the-secret-1234"))).json()
+    steps = steps_of(res)
+    assert res["ok"] is False
+    assert steps["client id and callback URL"]["ok"] is True
+    assert steps["client secret"]["ok"] is False
+    assert "invalid_client" in steps["client secret"]["detail"]
+    assert "secret is wrong" in steps["client secret"]["detail"]
+    assert "not-the-secret-1234" not in str(res)
+
+    # a wrong client id: the issuer does not know it
+    res = (await test(oidc_form(standin.issuer, client_id="hub-oauth-tset"))).json()
+    steps = steps_of(res)
+    assert res["ok"] is False
+    assert steps["client id and callback URL"]["ok"] is False
+    assert "does not know the client id hub-oauth-tset" in steps["client id and callback URL"]["detail"]
+    assert steps["client secret"]["ok"] is False and "unknown" in steps["client secret"]["detail"]
+
+    # a callback URL the client does not have
+    res = (await test(oidc_form(standin.issuer, callback="https://other.example.org/hub/oauth_callback"))).json()
+    steps = steps_of(res)
+    assert res["ok"] is False and steps["client secret"]["ok"] is True
+    assert steps["client id and callback URL"]["ok"] is False
+    assert "add it to the client's redirect URIs" in steps["client id and callback URL"]["detail"]
+
+    # right id and secret, but a client that may not log users in (no authorization-code flow)
+    res = (await test(oidc_form(standin.issuer, client_id=ROBOT_ID, secret=ROBOT_SECRET))).json()
+    steps = steps_of(res)
+    assert res["ok"] is False
+    assert "authorization-code" in steps["client secret"]["detail"]
+    assert "authorization code" in steps["client id and callback URL"]["detail"]
+
+    # an issuer nobody listens on, and a web server that is not an OpenID provider (the hub itself)
+    from jhub_broker.emulators.checkin import free_port as _free
+    nowhere = f"http://127.0.0.1:{_free()}/auth/realms/egi"
+    res = (await test(oidc_form(nowhere))).json()
+    assert res["ok"] is False and [s["step"] for s in res["steps"]] == ["discovery"]
+    assert "not reachable" in res["steps"][0]["detail"] and "Check the issuer URL" in res["steps"][0]["detail"]
+    res = (await test(oidc_form(hub.hub + "/hub"))).json()
+    assert res["ok"] is False and [s["step"] for s in res["steps"]] == ["discovery"]
+    assert "not an OpenID configuration" in res["steps"][0]["detail"]
+    assert "issuer URL is wrong" in res["steps"][0]["detail"]
+    # the issuer's own page, but under another name than it calls itself
+    res = (await test(oidc_form(standin.issuer.replace("127.0.0.1", "localhost")))).json()
+    assert res["ok"] is False and f"set the issuer URL to {standin.issuer}" in res["steps"][0]["detail"]
+
+    # not OAuth; and a secret left empty with no stored secret of this method
+    r = await test({"kind": "dummy"})
+    assert r.status_code == 400 and "not an OAuth method" in r.json()["message"]
+    r = await test(oidc_form(standin.issuer, secret=""))
+    assert r.status_code == 400 and "Client secret is required" in r.json()["message"]
+
+    # only hub admins may run it
+    r = await test(oidc_form(standin.issuer), user="alice")
+    assert r.status_code == 403 and "hub admin" in r.text
+
+    # testing changed nothing; it is audited, without the secret
+    assert (await hub.api("GET", "auth/method")).json()["method"] == before
+    assert (open(fragment).read() if os.path.exists(fragment) else None) == fragment_before
+    audit = (await hub.api("GET", "auth/audit")).json()["actions"]
+    tests = [a for a in audit if a["action"] == "auth:method-test"]
+    assert len(tests) >= 9
+    assert any(a["result"] == "ok" and a["detail"] == f"generic-oidc {standin.issuer} client {OIDC_ID}: passed"
+               for a in tests)
+    assert any(a["result"] == "failed" and "client secret" in a["detail"] for a in tests)
+    assert OIDC_SECRET not in str(audit) and ROBOT_SECRET not in str(audit) and "not-the-secret" not in str(audit)
+    assert not [a for a in tests if a["user"] != "admin"]
+
+
+async def test_oauth_test_from_the_page_shows_the_result_escaped(auth_hub, standin):
+    hub = auth_hub
+    base = hub.client.base + hub.service
+    evil = '<img src=x onerror="alert(1)">'
+
+    def flow():
+        s, xsrf = _browser(hub, "admin")
+        page = s.get(base + "auth/method", timeout=30)
+        assert 'formaction="' in page.text and "api/auth/method/test" in page.text
+        form = {"_xsrf": xsrf, **oidc_form(standin.issuer)}
+        no_xsrf = s.post(base + "api/auth/method/test", data={k: v for k, v in form.items() if k != "_xsrf"},
+                         allow_redirects=False, timeout=60)
+        good = s.post(base + "api/auth/method/test", data=form, allow_redirects=False, timeout=60)
+        bad = s.post(base + "api/auth/method/test", data={**form, "client_id": evil}, allow_redirects=False,
+                     timeout=60)
+        return no_xsrf, good, bad
+
+    no_xsrf, good, bad = await asyncio.to_thread(flow)
+    assert no_xsrf.status_code == 403
+    for r in (good, bad):
+        assert r.status_code == 200, r.text[:500]
+        assert r.headers["Content-Type"].startswith("text/html")
+        assert OIDC_SECRET not in r.text
+        assert r.text.count("<form") == r.text.count('name="_xsrf"')
+    assert f"OAuth test of {standin.issuer}: passed" in good.text
+    assert "can log in with these settings" in good.text
+    assert good.text.count('class="step-ok"') == 4
+    # the tested settings stay in the form (not the secret), that method's form is open
+    assert f'value="{OIDC_ID}"' in good.text and f'value="{standin.issuer}"' in good.text
+    assert "FAILED" in bad.text
+    assert "<img src=x" not in bad.text
+    assert "&lt;img src=x onerror=" in bad.text  # in the result and in the kept form field
+    assert 'class="step-failed"' in bad.text
+
+
+async def test_oauth_check_times_out_and_never_repeats_the_secret():
+    """The check itself: a silent server times out with a clear message; a provider echoing the secret back
+    in its error is scrubbed."""
+    import json as _json
+    import socket
+    from tornado.httpserver import HTTPServer
+    from tornado.web import Application
+    from jhub_broker.services.authadmin.oauthcheck import check_oauth
+
+    secret = "Echoed-Secret/With+Odd=Chars-91"
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts, never answers
+    try:
+        res = await check_oauth(f"http://127.0.0.1:{silent.getsockname()[1]}", "c", secret, timeout=1)
+    finally:
+        silent.close()
+    assert res["ok"] is False and "no answer in time" in res["steps"][0]["detail"]
+
+    class Doc(RequestHandler):
+        def get(self):
+            base = f"http://127.0.0.1:{port}"
+            self.finish({"issuer": base, "authorization_endpoint": base + "/auth", "token_endpoint": base + "/token",
+                         "jwks_uri": base + "/jwks"})
+
+    class Keys(RequestHandler):
+        def get(self):
+            self.finish({"keys": [{"kty": "RSA", "kid": "k"}]})
+
+    class Token(RequestHandler):
+        def post(self):
+            got = self.get_body_argument("client_secret")
+            self.set_status(401)
+            self.set_header("Content-Type", "application/json")
+            self.finish(_json.dumps({"error": "invalid_client",
+                                     "error_description": f"secret {got} / {quote(got, safe='')} is wrong"}))
+
+    class PlainDoc(RequestHandler):  # a token endpoint on another host, over plain HTTP
+        def get(self):
+            base = f"http://127.0.0.1:{port}/plain"
+            self.finish({"issuer": base, "authorization_endpoint": "http://192.0.2.1/auth",
+                         "token_endpoint": "http://192.0.2.1/token"})
+
+    from urllib.parse import quote
+    app = Application([("/.well-known/openid-configuration", Doc), ("/jwks", Keys), ("/token", Token),
+                       ("/plain/.well-known/openid-configuration", PlainDoc)])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    server = HTTPServer(app)
+    server.add_sockets([sock])
+    try:
+        res = await check_oauth(f"http://127.0.0.1:{port}", "c", secret, timeout=5)
+        plain = await check_oauth(f"http://127.0.0.1:{port}/plain", "c", secret, timeout=2)
+    finally:
+        server.stop()
+    assert plain["ok"] is False
+    assert steps_of(plain)["client secret"]["detail"].startswith("not sent: the token endpoint")
+    steps = steps_of(res)
+    assert steps["client secret"]["ok"] is False
+    assert "the issuer says: secret ••• / ••• is wrong" in steps["client secret"]["detail"]
+    assert secret not in str(res) and quote(secret, safe="") not in str(res)
+    assert steps["client id and callback URL"]["ok"] is None  # no callback URL given: not checked
+
+
+
 # ---------------------------------------------------------------- part 2: a real hub, restarted
 def free_port():
     import socket
@@ -349,3 +579,164 @@ async def test_method_change_restarts_the_hub_and_a_broken_one_is_rolled_back(re
     assert SECRET not in str(audit)
     restart_log = open(fragment + ".restart.log").read()
     assert "rolling-back" in restart_log and SECRET not in restart_log
+
+
+# ---------------------------------------------------------------- part 3: a small site on NativeAuthenticator
+PASSWORDS = {"boss": "Boss-Password-2026!", "eve": "Eve-Password-2026!", "carol": "Carol-Password-2026!",
+             "frank": "Frank-Password-2026!"}
+
+
+@pytest.fixture(scope="module")
+def native_hub():
+    """A real `python -m jupyterhub` configured with ``jhub_broker.configure(authenticator="native")`` and one
+    bootstrap admin, ``boss``, who has no account yet."""
+    pytest.importorskip("nativeauthenticator")
+    d = world_readable_tmpdir("jb-native-")
+    port, hub_port, api_port = free_port(), free_port(), free_port()
+    write_config(os.path.join(d, "jupyterhub_config.py"), f"""
+jhub_broker.configure(c, spawner="jupyterhub.spawner.SimpleLocalProcessSpawner", authenticator="native",
+                      admin_users=["boss"], environments_root={os.path.join(d, 'envs')!r},
+                      auth_config_dir={os.path.join(d, 'conf.d')!r})
+c.JupyterHub.bind_url = "http://127.0.0.1:{port}/"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
+c.JupyterHub.db_url = "sqlite:///{d}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{d}/cookie_secret"
+c.ConfigurableHTTPProxy.pid_file = "{d}/proxy.pid"
+""")
+    subprocess.run([sys.executable, HUBCTL, "start", d], check=True)
+    url = f"http://127.0.0.1:{port}"
+    ns = type("NativeHub", (), {"dir": d, "url": url, "client": Client(url)})()
+    try:
+        yield ns
+    finally:
+        subprocess.run([sys.executable, HUBCTL, "stop", d])
+        log = open(os.path.join(d, "hub.log")).read() if os.path.exists(os.path.join(d, "hub.log")) else ""
+        shutil.rmtree(d, ignore_errors=True)
+        for pw in PASSWORDS.values():
+            assert pw not in log
+
+
+def native_signup(hub_url, username, password):
+    """The sign-up form, as a browser posts it; returns the page's message."""
+    s = requests.Session()
+    r = s.get(hub_url + "/hub/signup", timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    r = s.post(hub_url + "/hub/signup", data={
+        "_xsrf": s.cookies.get("_xsrf"), "username": username, "signup_password": password,
+        "signup_password_confirmation": password}, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    m = re.search(r'<div class="alert[^"]*"[^>]*>(.*?)</div>', r.text, re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", m.group(1) if m else r.text)).strip()
+
+
+def native_login(hub_url, username, password):
+    """(session, logged in?, the login page's error if not)."""
+    s = requests.Session()
+    s.get(hub_url + "/hub/login", timeout=30)
+    r = s.post(hub_url + "/hub/login", params={"_xsrf": s.cookies.get("_xsrf")},
+               data={"username": username, "password": password, "_xsrf": s.cookies.get("_xsrf")},
+               allow_redirects=False, timeout=30)
+    m = re.search(r'<p class="login_error">(.*?)</p>', r.text, re.S)
+    return s, r.status_code == 302, re.sub(r"\s+", " ", m.group(1)).strip() if m else ""
+
+
+def broker_form(hub, session, path, data):
+    """Post a form of the broker's auth page in ``session`` (the admin's browser)."""
+    base = hub.url + "/services/broker/"
+    page = session.get(base + "auth", timeout=60)
+    assert page.status_code == 200, page.text[:300]
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text).group(1)
+    return session.post(base + path, data={"_xsrf": xsrf, **data}, allow_redirects=False, timeout=60)
+
+
+async def test_native_site_bootstrap_admin_strangers_and_live_allowed_users(native_hub):
+    hub = native_hub
+    await hub.client.wait_for("/hub/login", timeout=90)
+    await hub.client.wait_for("/services/broker/api/health", timeout=90)
+    pid = open(os.path.join(hub.dir, "hub.pid")).read()
+    run = asyncio.to_thread
+    login_page = (await hub.client.request("GET", "/hub/login")).text
+    assert 'name="password"' in login_page and "signup" in login_page.lower()  # NativeAuthenticator's page
+
+    # 1. the bootstrap admin signs up and logs in at once: nobody has to approve the first admin
+    msg = await run(native_signup, hub.url, "boss", PASSWORDS["boss"])
+    assert "signup was successful" in msg and "log in" in msg, msg
+    boss, ok, err = await run(native_login, hub.url, "boss", PASSWORDS["boss"])
+    assert ok, f"the bootstrap admin is locked out: {err!r}"
+    r = await run(boss.get, hub.url + "/hub/authorize", timeout=30)
+    assert r.status_code == 200, "boss is a hub admin (NativeAuthenticator's approval page)"
+    _, ok, err = await run(native_login, hub.url, "boss", "wrong-password")
+    assert not ok and err == "Invalid username or password."
+
+    def stale_form():  # a login form without its _xsrf: the login page again, with the reason
+        s = requests.Session()
+        s.get(hub.url + "/hub/login", timeout=30)
+        return s.post(hub.url + "/hub/login", data={"username": "boss", "password": PASSWORDS["boss"]},
+                      allow_redirects=False, timeout=30)
+    r = await run(stale_form)
+    assert r.status_code == 403 and "Login form invalid or expired" in r.text and 'name="password"' in r.text
+
+    # 2. a stranger may sign up but not log in, and is told why (not "Invalid username or password")
+    msg = await run(native_signup, hub.url, "eve", PASSWORDS["eve"])
+    assert "sent to the admin" in msg, msg
+    _, ok, err = await run(native_login, hub.url, "eve", PASSWORDS["eve"])
+    assert not ok
+    assert "has not been authorized by an administrator yet" in err, err
+
+    # 3. the admin allows carol on the broker's page; she signs up and logs in, no restart
+    r = await run(broker_form, hub, boss, "api/auth/allowed-users", {"name": "carol"})
+    assert r.status_code == 302, r.text[:300]
+    msg = await run(native_signup, hub.url, "carol", PASSWORDS["carol"])
+    assert "signup was successful" in msg, msg
+    _, ok, err = await run(native_login, hub.url, "carol", PASSWORDS["carol"])
+    assert ok, f"carol, allowed on the broker's page, cannot log in: {err!r}"
+
+    # 4. eve, who signed up before anyone allowed her, gets in once the admin allows her on the broker's page
+    r = await run(broker_form, hub, boss, "api/auth/allowed-users", {"name": "eve"})
+    assert r.status_code == 302, r.text[:300]
+    assert not (await run(native_login, hub.url, "eve", "Wrong-Password-2026!"))[1]
+    _, ok, err = await run(native_login, hub.url, "eve", PASSWORDS["eve"])
+    assert ok, f"eve, allowed after signing up, cannot log in: {err!r}"
+
+    # 5. approval on NativeAuthenticator's own page works too (allow_all is off: the hub must not refuse her)
+    await run(native_signup, hub.url, "frank", PASSWORDS["frank"])
+    assert not (await run(native_login, hub.url, "frank", PASSWORDS["frank"]))[1]
+    r = await run(boss.get, hub.url + "/hub/authorize/frank", timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    _, ok, err = await run(native_login, hub.url, "frank", PASSWORDS["frank"])
+    assert ok, f"frank, approved on /hub/authorize, cannot log in: {err!r}"
+
+    # 6. removing carol on the broker's page ends her access at once (her account goes too)
+    r = await run(broker_form, hub, boss, "api/auth/allowed-users/carol/delete", {})
+    assert r.status_code == 302, r.text[:300]
+    assert not (await run(native_login, hub.url, "carol", PASSWORDS["carol"]))[1]
+
+    # 7. "only admins may log in" holds for approved accounts too; the bootstrap admin still gets in
+    r = await run(broker_form, hub, boss, "api/auth/admins-only", {"enabled": "1"})
+    assert r.status_code == 302, r.text[:300]
+    assert not (await run(native_login, hub.url, "frank", PASSWORDS["frank"]))[1]
+    assert (await run(native_login, hub.url, "boss", PASSWORDS["boss"]))[1]
+    r = await run(broker_form, hub, boss, "api/auth/admins-only", {"enabled": ""})
+    assert r.status_code == 302
+    assert (await run(native_login, hub.url, "frank", PASSWORDS["frank"]))[1]
+
+    assert open(os.path.join(hub.dir, "hub.pid")).read() == pid, "all of it without restarting the hub"
+    log = open(os.path.join(hub.dir, "hub.log")).read()
+    assert log.count("JupyterHub is now running") == 1
+
+    # 8. the login-method page can choose NativeAuthenticator too: the fragment validates (no hub database in
+    #    the validating interpreter), and after the restart accounts and approvals are still there
+    r = await run(broker_form, hub, boss, "api/auth/method", {"kind": "native", "minimum_password_length": "12",
+                                                              "username_pattern": "", "login_service": ""})
+    assert r.status_code == 302, r.text[:500]
+    fragment = open(os.path.join(hub.dir, "conf.d", "50-jhub-broker-auth.py")).read()
+    assert "LiveNativeAuthenticator" in fragment and "open_signup = False" in fragment
+    r = await run(boss.get, hub.url + "/services/broker/api/auth/restart", timeout=60)
+    assert r.json()["restart"]["state"] == "pending-restart", r.text
+    subprocess.run([sys.executable, HUBCTL, "restart", hub.dir], check=True)
+    await hub.client.wait_for("/hub/login", timeout=90)
+    assert (await run(native_login, hub.url, "boss", PASSWORDS["boss"]))[1]
+    assert (await run(native_login, hub.url, "frank", PASSWORDS["frank"]))[1]
+    msg = await run(native_signup, hub.url, "gina", "Short-pw-1")  # 10 < 12 characters
+    assert "at least 12 characters" in msg, msg

@@ -4,7 +4,8 @@ Config (JSON handed to ``provider.mjs``)::
 
     {"host": "127.0.0.1", "port": 0, "path": "/auth/realms/egi",
      "accounts_file": ".../accounts.json",
-     "clients": [{"client_id": ..., "client_secret": ..., "redirect_uris": [...]}],
+     "clients": [{"client_id": ..., "client_secret": ..., "redirect_uris": [...],
+                  "grant_types"?: [...], "response_types"?: [...]}],   (default: code + refresh_token)
      "ttl": {"access_token": 3600, "refresh_token": 86400}}
 """
 import json

@@ -30,8 +30,8 @@ const provider = new Provider(`http://${cfg.host}:${cfg.port}${prefix}`, {
     client_id: c.client_id,
     client_secret: c.client_secret,
     redirect_uris: c.redirect_uris,
-    grant_types: ['authorization_code', 'refresh_token'],
-    response_types: ['code'],
+    grant_types: c.grant_types || ['authorization_code', 'refresh_token'],
+    response_types: c.response_types || ['code'],
     token_endpoint_auth_method: c.token_endpoint_auth_method || 'client_secret_basic',
   })),
   jwks: { keys: [jwk] },
@@ -46,7 +46,12 @@ const provider = new Provider(`http://${cfg.host}:${cfg.port}${prefix}`, {
   },
   conformIdTokenClaims: false,   // Check-in puts eduperson_entitlement in the id_token too
   pkce: { required: () => false },
-  features: { devInteractions: { enabled: false }, revocation: { enabled: true } },
+  features: {
+    devInteractions: { enabled: false },
+    revocation: { enabled: true },
+    // only when a client asks for it (a client that may not log users in, for the broker's OAuth test)
+    clientCredentials: { enabled: cfg.clients.some((c) => (c.grant_types || []).includes('client_credentials')) },
+  },
   issueRefreshToken: async (ctx, client, code) => client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
   rotateRefreshToken: () => cfg.rotate_refresh_tokens !== false,
   ttl: {

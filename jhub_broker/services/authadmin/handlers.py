@@ -9,6 +9,7 @@ import os
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from ...authenticator.secrets import decrypt
 from ..environments.manager import Conflict, NotFound
 from ..environments.validation import ValidationError
 from ..handlers import BaseHandler, PageHandler
@@ -269,20 +270,36 @@ class MethodHandler(AdminHandler):
 
 
 class MethodTestHandler(AdminHandler):
+    """Checks an OAuth method's settings against its issuer (see :mod:`.oauthcheck`); changes nothing.
+
+    An empty secret tests the stored one (same method). Audited without the secret."""
+
     async def post(self):
-        await self.require_admin()
+        user = await self.require_admin()
         d = self.body()
         record = methods.build(d.get("kind", ""), d, settings.get(self.db, "method", None))
-        if not methods.METHODS[record["kind"]]["oauth"]:
-            raise ValidationError(f"{methods.METHODS[record['kind']]['label']} is not an OAuth method.")
-        issuer = methods.issuer_of(record["kind"], record["settings"])
-        secret = methods.plain_secrets(record)[0]
-        result = await check_oauth(issuer, record["settings"]["client_id"], secret,
-                                   validate_cert=self.settings.get("validate_cert", True))
-        result["issuer"] = issuer
+        kind = record["kind"]
+        if not methods.METHODS[kind]["oauth"]:
+            raise ValidationError(f"{methods.METHODS[kind]['label']} is not an OAuth method.")
+        issuer = methods.issuer_of(kind, record["settings"])
+        client_id = record["settings"]["client_id"]
+        result = await check_oauth(issuer, client_id, decrypt(record["secrets"]["client_secret"]),
+                                   redirect_uri=record["settings"].get("oauth_callback_url", ""),
+                                   validate_cert=self.settings.get("validate_cert", True),
+                                   # the hub checks id_tokens' iss only for these kinds
+                                   strict_issuer=kind in ("egi-checkin", "generic-oidc"))
+        result.update(issuer=issuer, kind=kind, client_id=client_id)
+        failed = [s["step"] for s in result["steps"] if s["ok"] is False]
+        settings.audit(self.db, user["name"], "auth:method-test",
+                       f"{kind} {issuer} client {client_id}: " + (f"failed ({', '.join(failed)})" if failed
+                                                                   else "passed"),
+                       result="failed" if failed else "ok")
+        self.db.commit()
         if self.from_page:
             self.set_header("Content-Type", "text/html; charset=UTF-8")
+            # the tested (non-secret) settings stay in the form, so Apply follows a passed test
             return PageHandler.render_page(self, "auth_method.html", test=result, auth_admin=True,
+                                           tested={"kind": kind, "settings": record["settings"]},
                                            **await self._method_ns())
         self.write_json(result)
 
@@ -321,7 +338,7 @@ class AuthPage(AdminPage):
 class MethodPage(AdminPage):
     async def get(self):
         await self.require_admin()
-        self.render_page("auth_method.html", test=None, **await self._ns())
+        self.render_page("auth_method.html", test=None, tested=None, **await self._ns())
 
     async def _ns(self):
         return {"state": await AdminHandler.state(self), "methods": methods.METHODS,

@@ -1,6 +1,7 @@
 """Authentication methods the page offers, their settings, and the config fragment they generate."""
 import datetime
 import re
+from urllib.parse import quote
 
 from ...authenticator.secrets import encrypt, decrypt, mask
 from ..environments.validation import ValidationError
@@ -58,7 +59,7 @@ def issuer_of(kind, settings):
     if kind == "gitlab":
         return settings.get("gitlab_url") or "https://gitlab.com"
     if kind == "azuread":
-        return f"https://login.microsoftonline.com/{settings.get('tenant_id', '')}/v2.0"
+        return f"https://login.microsoftonline.com/{quote(settings.get('tenant_id', ''), safe='')}/v2.0"
     return ""
 
 
