@@ -49,7 +49,8 @@ def configure(c, *, spawner="openstack", cloud=None, image=None, flavor=None, sp
     """Wire spawner, authenticator, the broker service, roles and scopes into ``c``.
 
     - ``spawner``: ``"openstack"`` (default; ``cloud``/``image``/``flavor`` and ``spawner_options`` go to
-      ``c.OpenStackSpawner``) or any spawner class / import string (options go to its section).
+      ``c.OpenStackSpawner``; ``JupyterHub.cleanup_servers`` defaults to False so that VMs survive hub restarts
+      and are adopted) or any spawner class / import string (options go to its section).
     - ``authenticator``: ``egi-checkin`` (default), ``generic-oidc``, ``gitlab``, ``azuread``, ``native``, ``pam``,
       ``dummy`` — each the live-settings variant reading the service's store at every login — or any class
       or import string. ``auth_options`` go to its config section.
@@ -66,6 +67,10 @@ def configure(c, *, spawner="openstack", cloud=None, image=None, flavor=None, sp
     jh = _section(c, "JupyterHub")
     # -- spawner
     jh["spawner_class"] = spawner
+    if spawner == "openstack" and "cleanup_servers" not in jh:
+        # VMs outlive a hub restart (e.g. after a login-method change) and the new hub adopts them; stopping
+        # the users' servers on every restart would reboot everyone's VM
+        jh["cleanup_servers"] = False
     sp_opts = dict(spawner_options or {})
     for k, v in (("cloud", cloud), ("image", image), ("flavor", flavor)):
         if v is not None:

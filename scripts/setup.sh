@@ -10,7 +10,7 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # --- Debian packages ---------------------------------------------------------------
 # package:command -- a package counts as present when dpkg knows it or its command exists
 # (e.g. NodeSource's nodejs ships npm, and conflicts with Debian's npm package)
-debs=(bubblewrap:bwrap cloud-init:cloud-init python3:python3 python3-venv: gcc:gcc nodejs:node npm:npm
+debs=(bubblewrap:bwrap cloud-init:cloud-init python3:python3 python3-venv: gcc:gcc nodejs:node npm:npm chromium:chromium
       postgresql:pg_ctlcluster)
 missing=()
 for entry in "${debs[@]}"; do

@@ -6,12 +6,17 @@ Started, in order (each as its own process, all on 127.0.0.1):
 2. the S3 server (moto, auth enforced) with the demo buckets and one IAM key per Check-in group;
 3. the EGI Check-in stand-in (npm ``oidc-provider``) with the researcher accounts of
    ``jhub_broker/emulators/checkin/accounts.json`` and the hub registered as a client;
-4. a real JupyterHub (``python -m jupyterhub -f <state>/jupyterhub_config.py``) with the
-   OpenStackSpawner against the local cloud, the CheckinAuthenticator, S3 grants and the broker
-   service with a ready ``example`` environment.
+4. a real JupyterHub (``python -m jupyterhub -f <state>/jupyterhub_config.py``) set up by the product's own
+   ``jhub_broker.configure(c, ...)``: the OpenStackSpawner against the local cloud (VMs sync the broker's
+   environments), the live CheckinAuthenticator with S3 grants, and the broker service with a ready ``example``
+   environment and the authentication admin pages (bootstrap admin ``bob@egi.eu``).
 
-Ctrl-C (or SIGTERM) stops the hub first (it stops the users' servers, so their VMs are deleted), then the
-stand-ins, then the cloud (SIGTERM: it stops whatever VMs are left).  ``--no-login`` (or a Check-in
+The login-method page restarts the hub through this supervisor (``python -m jhub_broker.demo.restart``, SIGUSR1):
+it stops the hub, leaving the users' VMs running for the new hub to adopt, and launches it again; a hub that
+exits after a restart is waited for while the broker rolls the configuration back.
+
+Ctrl-C (or SIGTERM) first stops every user's server through the hub API (their VMs are deleted), then the hub,
+the stand-ins, and the cloud (SIGTERM: it stops whatever VMs are left).  ``--no-login`` (or a Check-in
 stand-in that fails to start) uses JupyterHub's DummyAuthenticator instead: any name, no password.
 
 Secrets (the OIDC client secret, the hub's crypt key, the S3 group keys) are generated into
@@ -46,6 +51,7 @@ S3_GRANTS = [
     {"bucket": "ifremer-private", "level": "write", "groups": ["vo.example.eu:ifremer"]},
     {"bucket": "other-vo", "level": "read", "groups": ["vo.other.eu"]},
 ]
+RESTART_GRACE = 300  # seconds after a restart in which a hub that exits is waited for (rollback), not fatal
 EXAMPLE_ENVIRONMENTS = [{"name": "example", "requirements": ["six"], "display_name": "Python 3 (example)"}]
 
 
@@ -157,9 +163,13 @@ def accounts():
 
 CONFIG_TEMPLATE = '''\
 # Written by `jhub-broker demo`; rewritten at every start.  Everything runs on 127.0.0.1.
+# The product's own one-call setup (jhub_broker.configure) with the demo's local parts; the login-method page of
+# the broker service writes its fragments to {state}/conf.d (loaded inside configure) and restarts the hub
+# through the demo (`python -m jhub_broker.demo.restart`).
 import os
+import sys
 
-from jhub_broker.services.config import service_config
+import jhub_broker
 
 c = get_config()  # noqa: F821
 STATE = {state!r}
@@ -170,6 +180,30 @@ def secret(name):
         return f.read().strip()
 
 
+jhub_broker.configure(
+    c,
+    spawner="openstack", cloud={cloud_name!r}, image={image!r}, flavor={flavor!r},
+    spawner_options={{
+        "clouds_yaml": {clouds_yaml!r},
+        "hub_id": {hub_id!r},
+        "flavor_choices": {flavors!r},
+        "volume_size": 1,
+        "floating_ip_pool": "public",
+        "cache_interval": 5,
+        "boot_timeout": 180,
+        "notebook_timeout": 240,
+        # the VMs build the broker's published environments and list them as kernels
+        "environments_service_url": "http://127.0.0.1:{port}/services/broker/",
+    }},
+{auth}
+    environments_root=os.path.join(STATE, "environments"),
+    initial_environments={envs!r},
+    auth_config_dir=os.path.join(STATE, "conf.d"),
+    restart_command=[sys.executable, "-m", "jhub_broker.demo.restart", STATE],
+    restart_timeout=120,
+    service_args={extra!r},
+)
+
 # -- hub and proxy
 c.JupyterHub.bind_url = "http://127.0.0.1:{port}/"
 c.JupyterHub.hub_ip = "127.0.0.1"
@@ -179,56 +213,49 @@ c.ConfigurableHTTPProxy.command = [{chp!r}]
 c.ConfigurableHTTPProxy.pid_file = os.path.join(STATE, "jupyterhub-proxy.pid")
 c.JupyterHub.db_url = "sqlite:///" + os.path.join(STATE, "jupyterhub.sqlite")
 c.JupyterHub.cookie_secret_file = os.path.join(STATE, "secrets", "jupyterhub_cookie_secret")
-c.JupyterHub.cleanup_servers = True  # stopping the demo stops the users' servers: their VMs are deleted
-
-# -- OpenStackSpawner against the local cloud
-c.JupyterHub.spawner_class = "openstack"
-c.OpenStackSpawner.cloud = {cloud_name!r}
-c.OpenStackSpawner.clouds_yaml = {clouds_yaml!r}
-c.OpenStackSpawner.hub_id = {hub_id!r}
-c.OpenStackSpawner.image = {image!r}
-c.OpenStackSpawner.flavor = {flavor!r}
-c.OpenStackSpawner.flavor_choices = {flavors!r}
-c.OpenStackSpawner.volume_size = 1
-c.OpenStackSpawner.floating_ip_pool = "public"
-c.OpenStackSpawner.cache_interval = 5
-c.OpenStackSpawner.boot_timeout = 180
-c.OpenStackSpawner.notebook_timeout = 240
 c.Spawner.start_timeout = 480
 c.Spawner.http_timeout = 240
+
+# -- the demo's supervisor stops every user's server (so their VMs are deleted) before it stops the hub;
+#    a restart from the login-method page keeps them running and the new hub adopts them
+c.JupyterHub.services.append({{"name": "demo-supervisor", "api_token": secret("demo-supervisor-token")}})
+c.JupyterHub.load_roles.append({{"name": "demo-supervisor", "services": ["demo-supervisor"],
+                                 "scopes": ["list:users", "read:users", "read:servers", "admin:servers"]}})
 '''
 
-CHECKIN_TEMPLATE = '''
-# -- login through the EGI Check-in stand-in; groups from entitlements; S3 grants
-c.JupyterHub.authenticator_class = "egi-checkin"
+CHECKIN_AUTH = '''\
+    # login through the EGI Check-in stand-in; groups and admin from entitlements; S3 grants
+    authenticator="egi-checkin",
+    auth_options={{
+        "issuer": {issuer!r},
+        "client_id": {client_id!r},
+        "client_secret": secret("checkin-client-secret"),
+        "oauth_callback_url": "http://127.0.0.1:{port}/hub/oauth_callback",
+        "allowed_entitlements": ["vo.example.eu"],
+        "admin_entitlements": ["vo.example.eu:role=manager"],
+        "enrolment_url": {enrol!r},
+{s3}    }},
+    admin_users=["bob@egi.eu"],  # the bootstrap admin (also a VO manager)
+'''
+
+S3_OPTIONS = '''\
+        "s3_endpoints": {{{endpoint!r}: {{
+            "backend": "static", "url": {url!r}, "region": "us-east-1",
+            "secrets_file": os.path.join(STATE, "secrets", "s3-keys.yaml")}}}},
+        "s3_grants": {grants!r},
+'''
+
+DUMMY_AUTH = '''\
+    # no login: any name, no password (loopback only); 'admin' is admin
+    authenticator="dummy", admin_users=["admin"],
+'''
+
+CHECKIN_EXTRA = '''
 c.Authenticator.auto_login = True  # /hub/login goes straight to Check-in
-c.Authenticator.allow_all = False
-c.CheckinAuthenticator.issuer = {issuer!r}
-c.CheckinAuthenticator.client_id = {client_id!r}
-c.CheckinAuthenticator.client_secret = secret("checkin-client-secret")
-c.CheckinAuthenticator.oauth_callback_url = "http://127.0.0.1:{port}/hub/oauth_callback"
-c.CheckinAuthenticator.allowed_entitlements = ["vo.example.eu"]
-c.CheckinAuthenticator.admin_entitlements = ["vo.example.eu:role=manager"]
-c.CheckinAuthenticator.enrolment_url = {enrol!r}
 '''
 
-S3_TEMPLATE = '''c.CheckinAuthenticator.s3_endpoints = {{{endpoint!r}: {{
-    "backend": "static", "url": {url!r}, "region": "us-east-1",
-    "secrets_file": os.path.join(STATE, "secrets", "s3-keys.yaml")}}}}
-c.CheckinAuthenticator.s3_grants = {grants!r}
-'''
-
-DUMMY_TEMPLATE = '''
-# -- no login: JupyterHub's DummyAuthenticator (any name, no password; loopback only)
-c.JupyterHub.authenticator_class = "dummy"
+DUMMY_EXTRA = '''
 c.Authenticator.allow_all = True
-c.Authenticator.admin_users = {"admin"}
-'''
-
-SERVICE_TEMPLATE = '''
-# -- the broker service with a ready example environment (Services menu)
-service_config(c, environments_root=os.path.join(STATE, "environments"),
-               initial_environments={envs!r}, extra_args={extra!r})
 '''
 
 
@@ -249,24 +276,28 @@ def _others_can_traverse(path):
 
 def write_hub_config(state_dir, port, clouds_yaml, checkin=None, s3=None):
     chp = shutil.which("configurable-http-proxy") or "configurable-http-proxy"
-    text = CONFIG_TEMPLATE.format(state=state_dir, port=port, hub_port=free_port(), proxy_api_port=free_port(),
-                                  chp=chp, cloud_name=CLOUD_NAME, clouds_yaml=clouds_yaml, hub_id=HUB_ID,
-                                  image=IMAGE, flavor=FLAVORS[0], flavors=FLAVORS)
+    _write_secret(os.path.join(state_dir, "secrets", "demo-supervisor-token"))
     if checkin is not None:
-        text += CHECKIN_TEMPLATE.format(issuer=checkin.issuer, client_id=CLIENT_ID, port=port, enrol=ENROL_URL)
-        if s3 is not None:
-            text += S3_TEMPLATE.format(endpoint=S3_ENDPOINT, url=s3.url, grants=S3_GRANTS)
+        s3_text = S3_OPTIONS.format(endpoint=S3_ENDPOINT, url=s3.url, grants=S3_GRANTS) if s3 is not None else ""
+        auth = CHECKIN_AUTH.format(issuer=checkin.issuer, client_id=CLIENT_ID, port=port, enrol=ENROL_URL,
+                                   s3=s3_text)
     else:
-        text += DUMMY_TEMPLATE
+        auth = DUMMY_AUTH
     extra = []
     if os.geteuid() == 0 and not _others_can_traverse(state_dir):
         # run as root under a private directory (e.g. ~root): the service's smoke test cannot run as
         # 'nobody' there, so it runs as the demo's own user (the VMs build their own copies anyway)
         extra.append("--BrokerService.smoke_test_user=")
-    text += SERVICE_TEMPLATE.format(envs=EXAMPLE_ENVIRONMENTS, extra=extra)
+    text = CONFIG_TEMPLATE.format(state=state_dir, port=port, hub_port=free_port(), proxy_api_port=free_port(),
+                                  chp=chp, cloud_name=CLOUD_NAME, clouds_yaml=clouds_yaml, hub_id=HUB_ID,
+                                  image=IMAGE, flavor=FLAVORS[0], flavors=FLAVORS, auth=auth.rstrip("\n"),
+                                  envs=EXAMPLE_ENVIRONMENTS, extra=extra)
+    text += CHECKIN_EXTRA if checkin is not None else DUMMY_EXTRA
     path = os.path.join(state_dir, "jupyterhub_config.py")
-    with open(path, "w") as f:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         f.write(text)
+    os.replace(tmp, path)
     return path
 
 
@@ -278,7 +309,8 @@ def _log_tail(path, chars=3000):
         return ""
 
 
-def start_hub(state_dir, config_path, port, crypt_key, timeout=180, stop_flag=None):
+def launch_hub(state_dir, config_path, crypt_key):
+    """Start ``python -m jupyterhub`` in its own session; returns ``(proc, log_path)`` without waiting."""
     env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=crypt_key)
     env["PATH"] = _node_bin() + os.pathsep + env.get("PATH", "")
     log_path = os.path.join(state_dir, "jupyterhub.log")
@@ -287,6 +319,11 @@ def start_hub(state_dir, config_path, port, crypt_key, timeout=180, stop_flag=No
         proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", config_path], cwd=state_dir, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
+    return proc, log_path
+
+
+def start_hub(state_dir, config_path, port, crypt_key, timeout=180, stop_flag=None):
+    proc, log_path = launch_hub(state_dir, config_path, crypt_key)
     url = f"http://127.0.0.1:{port}/hub/api/"
     deadline = time.monotonic() + timeout
     while _answers(url) != 200:
@@ -297,6 +334,88 @@ def start_hub(state_dir, config_path, port, crypt_key, timeout=180, stop_flag=No
             raise RuntimeError(f"JupyterHub did not answer within {timeout}s; {log_path}:\n{_log_tail(log_path)}")
         time.sleep(0.3)
     return proc, log_path
+
+
+def _hub_api(port, token, method, path, timeout=30):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/hub/api{path}", method=method,
+                                 headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        body = r.read()
+    return json.loads(body) if body else None
+
+
+def stop_user_servers(state_dir, port, timeout=240):
+    """Stop every user's server through the hub API (their VMs are deleted); waits until none is left."""
+    from urllib.parse import quote
+    try:
+        with open(os.path.join(state_dir, "secrets", "demo-supervisor-token")) as f:
+            token = f.read().strip()
+        users = _hub_api(port, token, "GET", "/users?state=active")
+    except (OSError, ValueError) as e:
+        _warn(f"cannot list the users' servers ({e}); the cloud's shutdown removes their VMs")
+        return
+    running = [(u["name"], name) for u in users for name in (u.get("servers") or {})]
+    for user, name in running:
+        path = f"/users/{quote(user, safe='')}/servers/{quote(name, safe='')}" if name else \
+            f"/users/{quote(user, safe='')}/server"
+        try:
+            _hub_api(port, token, "DELETE", path)
+            _say(f"  stopping {user}'s server{(' ' + name) if name else ''} ...")
+        except (OSError, ValueError) as e:
+            _warn(f"cannot stop {user}'s server: {e}")
+    deadline = time.monotonic() + timeout
+    while running and time.monotonic() < deadline:
+        time.sleep(1)
+        try:
+            users = _hub_api(port, token, "GET", "/users?state=active")
+        except (OSError, ValueError):
+            return
+        running = [(u["name"], name) for u in users for name in (u.get("servers") or {})]
+
+
+class _RestartRequests:
+    """SIGUSR1 from ``python -m jhub_broker.demo.restart``: restart the hub, answer each request file."""
+
+    def __init__(self, state_dir):
+        from .restart import PID_FILE, REQUESTS
+        self.dir = os.path.join(state_dir, REQUESTS)
+        self.pid_file = os.path.join(state_dir, PID_FILE)
+        self.flag = False
+        self.last = None  # monotonic time of the last restart
+
+    def install(self):
+        os.makedirs(self.dir, exist_ok=True)
+        for name in os.listdir(self.dir):  # answers nobody waits for any more
+            os.unlink(os.path.join(self.dir, name))
+        with open(self.pid_file, "w") as f:
+            f.write(str(os.getpid()))
+        return signal.signal(signal.SIGUSR1, self._signal)
+
+    def _signal(self, signum, frame):
+        self.flag = True
+
+    def pending(self):
+        if not self.flag:
+            return []
+        self.flag = False
+        return [n for n in os.listdir(self.dir) if not n.endswith(".done")]
+
+    def answer(self, names, result):
+        for n in names:
+            tmp = os.path.join(self.dir, n + ".tmp")
+            with open(tmp, "w") as f:
+                f.write(result)
+            os.replace(tmp, os.path.join(self.dir, n + ".done"))
+            os.unlink(os.path.join(self.dir, n))
+
+    def recent(self, window):
+        return self.last is not None and time.monotonic() - self.last < window
+
+    def remove(self):
+        try:
+            os.unlink(self.pid_file)
+        except OSError:
+            pass
 
 
 def _pid_alive(pid):
@@ -333,7 +452,7 @@ def _terminate_pid(pid, timeout=10):
 
 
 def stop_hub(proc, state_dir, timeout=120):
-    """SIGINT: JupyterHub stops every user's server (VMs deleted), its services and its proxy."""
+    """SIGINT: JupyterHub stops its services and its proxy (users' servers stay: ``cleanup_servers`` is off)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -392,7 +511,7 @@ def banner(port, clouds_yaml, base_url, checkin=None, s3=None, log_path=None):
         lines += [f"Hub log: {log_path}"]
     print("\n".join(lines), flush=True)
     print_cli_help(clouds_yaml, base_url)
-    print("Press Ctrl-C to stop everything (the hub deletes the users' VMs, then the cloud stops).", flush=True)
+    print("Press Ctrl-C to stop everything (the users' servers first: their VMs are deleted; then the hub and the cloud).", flush=True)
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -428,7 +547,10 @@ def run_demo(args):
 
     stop = _Stop()
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    restarts = _RestartRequests(state_dir)
+    old[signal.SIGUSR1] = restarts.install()
     cloud_proc = moto = checkin = hub = None
+    crypt_key = config_path = None
     status = 0
     try:
         _say(f"starting the local OpenStack cloud (state in {state_dir}) ...")
@@ -471,8 +593,26 @@ def run_demo(args):
                 _warn(f"the local cloud exited (status {cloud_proc.returncode}); see {state_dir}/cloud.log")
                 status = 1
                 break
+            asked = restarts.pending()
+            if asked and config_path is not None:
+                _say("restarting JupyterHub (asked by the broker's login-method page) ...")
+                if hub is not None:
+                    stop_hub(hub, state_dir)
+                hub, _ = launch_hub(state_dir, config_path, crypt_key)
+                restarts.last = time.monotonic()
+                restarts.answer(asked, "ok")
             if hub is not None and hub.poll() is not None:
+                if restarts.recent(RESTART_GRACE):
+                    # a new config that does not start: the broker's restart helper rolls it back and asks again
+                    _warn(f"JupyterHub exited (status {hub.returncode}) after a restart; waiting for the "
+                          f"broker to roll the configuration back (see {state_dir}/jupyterhub.log)")
+                    hub = None
+                    continue
                 _warn(f"JupyterHub exited (status {hub.returncode}); see {state_dir}/jupyterhub.log")
+                status = 1
+                break
+            if hub is None and restarts.last is not None and not restarts.recent(RESTART_GRACE):
+                _warn("JupyterHub did not come back after a restart; stopping the demo")
                 status = 1
                 break
             time.sleep(0.5)
@@ -481,8 +621,12 @@ def run_demo(args):
         status = 1
     finally:
         # a second Ctrl-C during shutdown must not leave VMs behind: keep going
+        restarts.remove()
         if hub is not None:
-            _say("stopping JupyterHub (and the users' servers) ...")
+            if hub.poll() is None:
+                _say("stopping the users' servers (their VMs are deleted) ...")
+                stop_user_servers(state_dir, port)
+            _say("stopping JupyterHub ...")
             stop_hub(hub, state_dir)
         for part in (checkin, moto):
             if part is not None:
