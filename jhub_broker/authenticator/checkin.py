@@ -148,14 +148,39 @@ class CheckinAuthenticator(GenericOAuthenticator):
         spawner._jhub_broker_s3_env = list(env)
 
     async def post_spawn_stop(self, user, spawner):
-        """Forget the user's credentials and remove them from the spawner's env."""
+        """Remove the credentials from the spawner's env; when the user's last server stopped, forget them
+        and delete those made for the servers (keystone_ec2 EC2 credentials)."""
         r = super().post_spawn_stop(user, spawner)
         if isawaitable(r):
             await r
         if self.s3_endpoints:
-            self.s3_broker.forget(user)
             keys = getattr(spawner, "_jhub_broker_s3_env", [])
             spawner.environment = {k: v for k, v in spawner.environment.items() if k not in keys}
+            # credentials are per user: another running (named) server still uses them
+            if any(s is not spawner and s.active for s in user.spawners.values()):
+                return
+            self.s3_broker.forget(user)
+            await self.s3_broker.revoke(user)
+
+    async def delete_user(self, user):
+        """The user is deleted: delete what is left of the S3 credentials made for their servers."""
+        r = super().delete_user(user)
+        if isawaitable(r):
+            await r
+        if self.s3_endpoints:
+            self.s3_broker.forget(user)
+            left = await self.s3_broker.revoke(user)
+            if left:
+                self.log.warning("S3 credentials of deleted user %s remain at %s; remove them there",
+                                 user.name, ", ".join(sorted(left)))
+
+    def _keep_issued(self, old_state, auth_model):
+        """A new auth_state (login, refresh) keeps the record of S3 credentials still to be deleted."""
+        from .s3.broker import ISSUED_KEY
+        if isinstance(auth_model, dict) and isinstance(auth_model.get("auth_state"), dict) \
+                and (old_state or {}).get(ISSUED_KEY):
+            auth_model["auth_state"].setdefault(ISSUED_KEY, old_state[ISSUED_KEY])
+        return auth_model
 
     # -- discovery ---------------------------------------------------------
     @property
@@ -195,7 +220,13 @@ class CheckinAuthenticator(GenericOAuthenticator):
     # -- oauthenticator hooks ---------------------------------------------
     async def authenticate(self, handler, data=None, **kwargs):
         await self.discover()
-        return await super().authenticate(handler, data, **kwargs)
+        auth_model = await super().authenticate(handler, data, **kwargs)
+        if self.s3_endpoints and isinstance(auth_model, dict) and handler is not None \
+                and hasattr(handler, "find_user"):
+            existing = handler.find_user(self.normalize_username(auth_model["name"]))
+            if existing is not None:
+                self._keep_issued(await existing.get_auth_state(), auth_model)
+        return auth_model
 
     async def build_auth_state_dict(self, token_info, user_info):
         state = super().build_auth_state_dict(token_info, user_info)
@@ -246,7 +277,7 @@ class CheckinAuthenticator(GenericOAuthenticator):
             if not auth_state:
                 return False
             if not self._expires_soon(auth_state):
-                return await super().refresh_user(user, handler, **kwargs)
+                return self._keep_issued(auth_state, await super().refresh_user(user, handler, **kwargs))
             refresh_token = auth_state.get("refresh_token")
             if not refresh_token:
                 return False
@@ -259,6 +290,7 @@ class CheckinAuthenticator(GenericOAuthenticator):
                               user.name, type(e).__name__)
                 return False
             self.log.info("Refreshed Check-in tokens for %s", user.name)
+            self._keep_issued(auth_state, auth_model)
             # save now, so a caller waiting on the lock sees the new (rotated) refresh token
             await user.save_auth_state(auth_model["auth_state"])
             return auth_model

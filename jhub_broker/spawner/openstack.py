@@ -294,7 +294,8 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         secret = bootstrap.registry.issue(owner, payload, ttl=self.boot_timeout + self.notebook_timeout,
                                           held=bool(self.internal_ssl))
         created["bootstrap"] = owner
-        user_data = self._render_user_data(secret)
+        # the S3 credential helper goes to the VM when the authenticator gave the server AWS profiles
+        user_data = self._render_user_data(secret, s3_helper="JHUB_BROKER_AWS_CONFIG" in env)
 
         name = self._server_name()
         self._progress(25, f"Requesting server {name}")
@@ -379,7 +380,7 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
                              url)
         return url
 
-    def _render_user_data(self, secret):
+    def _render_user_data(self, secret, s3_helper=False):
         bootstrap_url = self._bootstrap_url()
         context = build_context(
             hub_user=self.user.name, server_name=self.name or "", vm_user=self.vm_user,
@@ -390,7 +391,7 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
                        "environments": self._environments_config()},
             volume_id=self.volume_id, mount_point=self.volume_mount_point,
             singleuser_venv=self.singleuser_venv, install_packages=self.install_packages,
-            sync_code=bool(self.environments_service_url))
+            sync_code=bool(self.environments_service_url), s3_helper=s3_helper)
         return render_user_data(template_path=self.user_data_template or None,
                                 template_string=self.user_data_template_string or None, context=context)
 

@@ -16,6 +16,13 @@ ENVIRONMENTS_SRC = os.path.join(os.path.dirname(os.path.dirname(__file__)), "ser
 VM_PKG_DIR = "/var/lib/jhub-broker/pkg"
 SYNC_MODULES = ("sync", "builder", "kernels", "smoke", "validation")
 
+# The S3 credential_process helper (CheckinAuthenticator's named AWS profiles): the hub's own
+# ``jhub-broker-s3-credentials`` (stdlib only), written by cloud-init as an executable script; the VM
+# agent puts its directory first on the notebook's PATH and writes the AWS config that names it.
+S3_HELPER_SRC = os.path.join(os.path.dirname(os.path.dirname(__file__)), "authenticator", "s3", "cli.py")
+VM_BIN_DIR = "/var/lib/jhub-broker/bin"
+S3_HELPER_NAME = "jhub-broker-s3-credentials"
+
 # Install jupyterhub-singleuser when the image does not have it (a plain Ubuntu
 # cloud image); pre-baked images skip this in well under a second.
 INSTALL_COMMAND = (
@@ -64,12 +71,20 @@ def sync_package_files(pkg_dir=VM_PKG_DIR):
     return files
 
 
+def s3_helper_files(bin_dir=VM_BIN_DIR):
+    """write_files entry of the S3 credential_process helper for the VM (mode 0755)."""
+    with open(S3_HELPER_SRC) as f:
+        source = f.read()
+    return [{"path": f"{bin_dir}/{S3_HELPER_NAME}", "content": gz_b64("#!/usr/bin/env python3\n" + source),
+             "permissions": "0755"}]
+
+
 def build_context(*, hub_user, server_name, vm_user, bootstrap, volume_id, mount_point,
-                  singleuser_venv, install_packages, sync_code=False):
+                  singleuser_venv, install_packages, sync_code=False, s3_helper=False):
     with open(AGENT_PATH) as f:
         agent = f.read()
     return {
-        "extra_files": sync_package_files() if sync_code else [],
+        "extra_files": (sync_package_files() if sync_code else []) + (s3_helper_files() if s3_helper else []),
         "hub_user": hub_user,
         "server_name": server_name,
         "vm_user": vm_user,

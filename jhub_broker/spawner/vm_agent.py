@@ -3,7 +3,9 @@
 
 1. redeems the one-time bootstrap secret at the hub for the notebook's
    environment (the hub API token never sits in user_data);
-2. wipes the secret, writes TLS files if the hub uses internal SSL;
+2. wipes the secret, writes TLS files if the hub uses internal SSL; writes the AWS config of the
+   S3 profiles the hub granted (``JHUB_BROKER_AWS_CONFIG``; named profiles call the
+   ``jhub-broker-s3-credentials`` helper cloud-init wrote) and puts the helper first on PATH;
 3. when the hub configured it (``environments`` in the config), builds the broker service's
    published environments with the broker's own sync code (written by cloud-init under
    ``environments.pkg_dir``), reading the service with the notebook's API token, and puts their
@@ -202,6 +204,36 @@ def resync_loop():
         run_sync(ec, ec["python"], max(interval, float(ec.get("timeout") or 480)))
 
 
+S3_HELPER_DIR = "/var/lib/jhub-broker/bin"
+S3_HELPER = os.path.join(S3_HELPER_DIR, "jhub-broker-s3-credentials")
+S3_CONFIG = os.path.join(STATE_DIR, "aws-config")
+
+
+def s3_setup(env, user):
+    """S3 profiles from the hub (CheckinAuthenticator.s3_grants): the default profile needs nothing here
+    (AWS_CONTAINER_CREDENTIALS_FULL_URI points at the hub); named profiles need the AWS config, whose
+    ``credential_process = jhub-broker-s3-credentials --profile X`` runs the helper from user_data."""
+    config = env.get("JHUB_BROKER_AWS_CONFIG")
+    if config is None:
+        return
+    if os.path.isfile(S3_HELPER):
+        os.chmod(S3_HELPER, 0o755)
+        paths = [p for p in env.get("PATH", "").split(":") if p and p != S3_HELPER_DIR]
+        env["PATH"] = ":".join([S3_HELPER_DIR] + paths)
+    else:
+        say("the S3 credential helper is missing from %s (custom user_data template?); "
+            "named S3 profiles will not work, the default one will" % S3_HELPER_DIR)
+    # the operator's path (CheckinAuthenticator.s3_config_file), else one outside the user's home
+    path = env.get("AWS_CONFIG_FILE") or S3_CONFIG
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        os.makedirs(parent)
+        os.chown(parent, user.pw_uid, user.pw_gid)
+    write_private(path, config, user)
+    env["AWS_CONFIG_FILE"] = path
+    say("S3 profiles written to %s" % path)
+
+
 def find_singleuser(candidates):
     for path in candidates:
         if os.access(path, os.X_OK):
@@ -239,6 +271,7 @@ def main():
                 write_private(path, ssl_files[name], user)
                 env[var] = path
         say("TLS key and certificate for the notebook written to " + SSL_DIR)
+    s3_setup(env, user)
     sync_environments(cfg, env, exe)
     argv = [exe, "--ip=0.0.0.0", "--port=%d" % int(payload.get("port", cfg.get("port", 8888))),
             "--notebook-dir=" + home] + list(payload.get("args", []))

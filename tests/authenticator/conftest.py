@@ -3,6 +3,7 @@ import asyncio
 import os
 import re
 import shutil
+import tempfile
 from urllib.parse import urljoin
 
 import pytest
@@ -57,8 +58,11 @@ def hub_config(checkin, hub_port, **auth):
             **auth,
         },
     }
+    # not ./jupyterhub-proxy.pid: a hub started from the same directory (another test session) would stop
+    # the proxy named there
+    cfg["ConfigurableHTTPProxy"] = {"pid_file": os.path.join(tempfile.mkdtemp(prefix="jb-hub-"), "proxy.pid")}
     if chp:
-        cfg["ConfigurableHTTPProxy"] = {"command": [chp]}
+        cfg["ConfigurableHTTPProxy"]["command"] = [chp]
     return cfg
 
 

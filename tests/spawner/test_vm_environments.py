@@ -63,7 +63,7 @@ async def run_in_kernel(hub, name, kernel_name, code):
             if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == msg_type:
                 return msg
 
-    out, err, status = [], [], None
+    out, err, status, idle = [], [], None, False
     try:
         for _ in range(24):  # the kernel may still be starting
             try:
@@ -86,7 +86,10 @@ async def run_in_kernel(hub, name, kernel_name, code):
                 err.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
             elif t == "execute_reply":
                 status = msg["content"]["status"]
-            elif t == "status" and msg["content"]["execution_state"] == "idle" and status:
+            elif t == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
+            # shell (execute_reply) and iopub (idle) are separate channels: either may come first
+            if status and idle:
                 break
     finally:
         conn.close()

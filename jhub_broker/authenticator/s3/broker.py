@@ -9,14 +9,19 @@ from .sts import STSBackend
 
 BACKENDS = {"static": StaticBackend, "sts": STSBackend, "keystone_ec2": KeystoneEC2Backend}
 API_PATH = "/api/jhub-broker/s3-credentials"
+# auth_state key: {endpoint: [access key ids]} of credentials a backend made for the user's servers and
+# that must be deleted when they stop (keystone_ec2); kept in the (encrypted) auth_state so a hub restart
+# does not lose track of them
+ISSUED_KEY = "jhub_broker_s3_issued"
 
 
 class S3Broker:
     def __init__(self, authenticator):
         self.auth = authenticator
         self.log = authenticator.log
-        self._cache = {}     # (user, endpoint, profile) -> Credentials
+        self._cache = {}     # (user, profile) or (user, "@endpoint") -> Credentials
         self._locks = {}
+        self._issued = {}    # user -> {endpoint: {access key id}} made by revocable backends, not yet deleted
 
     @property
     def endpoints(self):
@@ -49,9 +54,14 @@ class S3Broker:
 
     async def credentials(self, user, profile):
         """Credentials for one profile of a user, renewed ahead of expiry; KeyError if not granted."""
-        if profile not in self.profiles([g.name for g in user.groups], await user.get_auth_state()):
+        profiles = self.profiles([g.name for g in user.groups], await user.get_auth_state())
+        if profile not in profiles:
             raise KeyError(profile)
-        key = (user.name, profile)
+        endpoint = profiles[profile][0]
+        # profiles of an endpoint whose backend gives one credential for all grants share one cache entry
+        # (one STS session, one Keystone EC2 credential per server life)
+        key = (user.name, "@" + endpoint) if self.backend(endpoint).profiles_share_credentials() \
+            else (user.name, profile)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             cached = self._cache.get(key)
@@ -63,13 +73,81 @@ class S3Broker:
                 raise PermissionError("login expired")
             auth_state = await user.get_auth_state()
             endpoint, grants = self.profiles([g.name for g in user.groups], auth_state)[profile]
-            creds = await self.backend(endpoint).credentials(user, auth_state, grants)
+            backend = self.backend(endpoint)
+            creds = await backend.credentials(user, auth_state, grants)
+            if getattr(backend, "revocable", False):
+                await self._record_issued(user, endpoint, creds.access_key_id)
             self._cache[key] = creds
             return creds
 
     def forget(self, user):
         for key in [k for k in self._cache if k[0] == user.name]:
             del self._cache[key]
+
+    # -- credentials made per server life (keystone_ec2): deleted when the servers stop -----------
+    def _state_lock(self, user):
+        # the authenticator's per-user refresh lock: auth_state is read, changed and saved under it
+        return self.auth._refresh_locks.setdefault(user.name, asyncio.Lock())
+
+    async def _record_issued(self, user, endpoint, access_key_id):
+        self._issued.setdefault(user.name, {}).setdefault(endpoint, set()).add(access_key_id)
+        async with self._state_lock(user):
+            state = await user.get_auth_state()
+            if state is None:
+                return
+            issued = state.setdefault(ISSUED_KEY, {})
+            issued[endpoint] = sorted(set(issued.get(endpoint, [])) | {access_key_id})
+            await user.save_auth_state(state)
+
+    async def issued(self, user):
+        """{endpoint: {access key id}} made for this user's servers and not deleted yet."""
+        out = {ep: set(ids) for ep, ids in self._issued.get(user.name, {}).items()}
+        state = await user.get_auth_state() or {}
+        for ep, ids in (state.get(ISSUED_KEY) or {}).items():
+            out.setdefault(ep, set()).update(ids)
+        return {ep: ids for ep, ids in out.items() if ids}
+
+    async def revoke(self, user):
+        """Delete the credentials made for the user's servers (at stop and user deletion).
+
+        Returns {endpoint: {access key id}} that could not be deleted (login expired, endpoint down);
+        they stay recorded and are tried again at the next stop or at the user's deletion.
+        """
+        issued = await self.issued(user)
+        if not issued:
+            return {}
+        left = {}
+        refreshed = await self.auth.refresh_user(user)
+        if refreshed is False:
+            left = issued
+            self.log.warning("Could not delete %d S3 credential(s) of %s: their login expired; "
+                             "trying again at the next stop", sum(map(len, issued.values())), user.name)
+        else:
+            auth_state = await user.get_auth_state()
+            for endpoint, ids in issued.items():
+                if endpoint not in self.endpoints:
+                    left[endpoint] = ids
+                    continue
+                try:
+                    gone = set(await self.backend(endpoint).revoke(user, auth_state, sorted(ids)))
+                except Exception as e:  # noqa: BLE001
+                    self.log.warning("Could not delete S3 credentials of %s at %s: %s", user.name, endpoint,
+                                     type(e).__name__)
+                    gone = set()
+                if ids - gone:
+                    left[endpoint] = ids - gone
+        self._issued[user.name] = {ep: set(ids) for ep, ids in left.items()}
+        if not left:
+            del self._issued[user.name]
+        async with self._state_lock(user):
+            state = await user.get_auth_state()
+            if state is not None:
+                if left:
+                    state[ISSUED_KEY] = {ep: sorted(ids) for ep, ids in left.items()}
+                else:
+                    state.pop(ISSUED_KEY, None)
+                await user.save_auth_state(state)
+        return left
 
     def aws_config(self, profiles):
         lines = []
