@@ -21,8 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openstack
-from _localcloud import Cloud
 
+from jhub_broker.emulators.openstack.launcher import start_cloud_process
 from jhub_broker.spawner.cloud import CloudAdapter
 from jhub_broker.spawner.lifecycle import hub_tag
 from jhub_broker.spawner.servercache import ServerCache
@@ -66,7 +66,7 @@ def naive_round(conn, server_ids):
 
 def main():
     state_dir = tempfile.mkdtemp(prefix="jb-bench-poll-")
-    cloud = Cloud(state_dir, CLOUD_CONFIG)
+    cloud = start_cloud_process(state_dir, CLOUD_CONFIG, log_level="WARNING", timeout=60)
     try:
         conn = openstack.connect(**cloud.connect_kwargs())
         image = conn.image.find_image("ubuntu-24.04-jupyter")
@@ -82,7 +82,7 @@ def main():
             ids += create_servers(conn, count - len(ids), image.id, flavor.id, net.id, len(ids))
             wait_active(conn, count)
 
-            cloud.clear_log()
+            cloud.clear_requests()
             t0 = time.perf_counter()
             ok = asyncio.run(cache.refresh())
             ours_s = time.perf_counter() - t0
@@ -90,7 +90,7 @@ def main():
             assert ok and len(cache.servers) == count, (ok, len(cache.servers))
             assert all(s["status"] == "ACTIVE" for s in cache.servers.values())
 
-            cloud.clear_log()
+            cloud.clear_requests()
             t0 = time.perf_counter()
             naive_round(conn, ids)
             naive_s = time.perf_counter() - t0

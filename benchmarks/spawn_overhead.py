@@ -39,20 +39,16 @@ import tempfile
 import time
 
 import requests
-from _localcloud import Cloud
 from tornado import httpclient, web
 
 NODE_BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "share", "node",
                         "node_modules", ".bin")
 os.environ["PATH"] = NODE_BIN + os.pathsep + os.environ["PATH"]
 
+from jhub_broker.emulators.mockhub import FLAVOR, IMAGE, hub_config, start_hub, stop_hub  # noqa: E402
+from jhub_broker.emulators.openstack.launcher import start_cloud_process  # noqa: E402
 from jhub_broker.spawner import OpenStackSpawner  # noqa: E402
-from jhub_broker.spawner.cloud import CloudAdapter  # noqa: E402
-from jhub_broker.spawner.reaper import Reaper  # noqa: E402
-from jhub_broker.spawner.servercache import ServerCache  # noqa: E402
 from jhub_broker.spawner.userdata import build_context, render_user_data  # noqa: E402
-
-IMAGE, FLAVOR = "ubuntu-24.04-jupyter", "m1.small"
 
 
 class TimedSpawner(OpenStackSpawner):
@@ -68,50 +64,11 @@ class TimedSpawner(OpenStackSpawner):
         return env
 
 
-def hub_config(cloud, state_dir):
-    from traitlets.config import Config
-    c = Config()
-    c.JupyterHub.spawner_class = TimedSpawner
-    c.OpenStackSpawner.cloud = "local"
-    c.OpenStackSpawner.clouds_yaml = cloud.clouds_yaml
-    c.OpenStackSpawner.image = IMAGE
-    c.OpenStackSpawner.flavor = FLAVOR
-    c.OpenStackSpawner.volume_size = 0
-    c.OpenStackSpawner.floating_ip_pool = ""
-    c.OpenStackSpawner.reaper_interval = 0
-    c.OpenStackSpawner.hub_id = "bench"
-    c.OpenStackSpawner.boot_timeout = 120
-    c.OpenStackSpawner.notebook_timeout = 120
-    # a file, not a value: MockHub logs its config at debug level, and secrets stay out of logs
-    c.JupyterHub.cookie_secret_file = os.path.join(state_dir, "cookie_secret")
+def bench_hub_config(cloud):
+    c = hub_config(cloud, spawner_class=TimedSpawner, hub_id="bench", volume_size=0, floating_ip_pool="",
+                   boot_timeout=120, notebook_timeout=120)
     c.JupyterHub.log_level = "WARN"
-    c.Authenticator.admin_users = {"admin"}
-    c.Authenticator.allow_all = True
     return c
-
-
-async def start_hub(config):
-    from jupyterhub.tests.mocking import MockHub
-    MockHub.clear_instance()
-    app = MockHub.instance(config=config)
-    app.log.setLevel("WARNING")
-    await app.initialize()
-    await app.start()
-    return app
-
-
-async def stop_hub(app):
-    from jupyterhub.tests.mocking import MockHub
-    ServerCache.stop_all()
-    Reaper.stop_all()
-    try:
-        if app.http_server:
-            app.http_server.stop()
-        await app.shutdown_cancel_tasks()
-        app.proxy.stop()
-    finally:
-        MockHub.clear_instance()
-        CloudAdapter.forget_all()
 
 
 def api_token(app, name):
@@ -269,11 +226,11 @@ def phase_table(all_marks):
 async def run(args):
     from jupyterhub.tests.utils import public_host
     state_dir = tempfile.mkdtemp(prefix="jb-bench-spawn-")
-    cloud = Cloud(state_dir, {"boot_delay": args.boot_delay})
+    cloud = start_cloud_process(state_dir, {"boot_delay": args.boot_delay}, log_level="WARNING", timeout=60)
     app = None
     responder = Responder()
     try:
-        app = await start_hub(hub_config(cloud, state_dir))
+        app = await start_hub(bench_hub_config(cloud))
         base = public_host(app) + app.base_url.rstrip("/")
         conn = cloud.connect()
         image = conn.image.find_image(IMAGE)

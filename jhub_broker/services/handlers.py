@@ -41,13 +41,18 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return super().check_xsrf_cookie()
 
     # -- who may do what --
-    def require(self, what):
+    def hub_user(self):
+        """The caller's hub user model; without one, a page GET goes to the hub's login and anything else is 403."""
         user = self.current_user
         if user is None:
             if not self.api and self.request.method == "GET":
                 self.redirect(self.get_login_url())
                 raise web.Finish()
             raise web.HTTPError(403, "Not authenticated with the hub.")
+        return user
+
+    def require(self, what):
+        user = self.hub_user()
         ok = scopes.can_manage(user) if what == "manage" else scopes.can_view(user)
         if not ok:
             need = scopes.MANAGE if what == "manage" else scopes.VIEW
@@ -103,10 +108,19 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def env_page(self, name):
         return url_path_join(self.prefix, "environments", name)
 
+    def http_error(self, e):
+        """The HTTPError an expected (domain) error is answered with; None for any other exception."""
+        if isinstance(e, ValidationError):
+            return web.HTTPError(400, "domain error")
+        if isinstance(e, Conflict):
+            return web.HTTPError(409, "domain error")
+        if isinstance(e, NotFound):
+            return web.HTTPError(404, "domain error")
+        return None
+
     def log_exception(self, typ, value, tb):
-        if isinstance(value, (ValidationError, Conflict, NotFound)):
-            return
-        super().log_exception(typ, value, tb)
+        if self.http_error(value) is None:  # expected errors are answered, not logged
+            super().log_exception(typ, value, tb)
 
     def write_error(self, status_code, **kwargs):
         message = self._reason
@@ -123,14 +137,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             self.finish(self.settings["render"]("error.html", handler=self, status=status_code, message=message))
 
     def _handle_request_exception(self, e):
-        # map domain errors to HTTP statuses with the message the user should see
-        if isinstance(e, ValidationError):
-            e = web.HTTPError(400, "domain error")
-        elif isinstance(e, Conflict):
-            e = web.HTTPError(409, "domain error")
-        elif isinstance(e, NotFound):
-            e = web.HTTPError(404, "domain error")
-        return super()._handle_request_exception(e)
+        # domain errors get their HTTP status; write_error shows the message the user should see
+        return super()._handle_request_exception(self.http_error(e) or e)
 
 
 class HealthHandler(web.RequestHandler):
@@ -394,14 +402,21 @@ class HistoryPage(PageHandler):
 
 
 # ------------------------------------------------------------------ routes
+NAME = r"([^/]+)"  # one path segment, passed to the handler
+
+
+def under(prefix):
+    """``r(path, handler)``: the route of ``handler`` at ``path`` below ``prefix``."""
+    def r(path, handler):
+        return (url_path_join(prefix, path), handler)
+    return r
+
+
 def routes(prefix):
     """Every route of the service under ``prefix`` (the service's URL prefix, ending in '/')."""
     from jupyterhub.services.auth import HubOAuthCallbackHandler
 
-    def r(path, handler):
-        return (url_path_join(prefix, path), handler)
-
-    name = r"([^/]+)"
+    r, name = under(prefix), NAME
     return [
         r("oauth_callback", HubOAuthCallbackHandler),
         r("api/health", HealthHandler),

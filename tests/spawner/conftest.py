@@ -1,17 +1,13 @@
 """A real JupyterHub (MockHub + real configurable-http-proxy) using OpenStackSpawner
 against the local cloud, whose VMs really run the notebook server."""
 import asyncio
-import os
-import tempfile
 import time
 
 import pytest
 import requests
 
-from jhub_broker.spawner.cloud import CloudAdapter
-from jhub_broker.spawner.reaper import Reaper
-from jhub_broker.spawner.servercache import ServerCache
-from tests.fixtures.hub import stop_mockhub
+from jhub_broker.emulators import mockhub
+from jhub_broker.emulators.mockhub import start_hub, stop_hub
 
 
 class HubClient:
@@ -103,47 +99,9 @@ class HubClient:
 
 
 def spawner_config(cloud, **overrides):
-    from traitlets.config import Config
-    c = Config()
-    c.JupyterHub.spawner_class = "openstack"
-    c.OpenStackSpawner.cloud = "local"
-    c.OpenStackSpawner.clouds_yaml = cloud.clouds_yaml
-    c.OpenStackSpawner.image = "ubuntu-24.04-jupyter"
-    c.OpenStackSpawner.flavor = "m1.small"
-    c.OpenStackSpawner.volume_size = 1
-    c.OpenStackSpawner.cache_interval = 2
-    c.OpenStackSpawner.boot_timeout = 60
-    c.OpenStackSpawner.notebook_timeout = 90
-    c.OpenStackSpawner.reaper_interval = 0
-    c.OpenStackSpawner.hub_id = "test"
-    c.JupyterHub.cookie_secret = os.urandom(32)
-    # not ./jupyterhub-proxy.pid: another hub started from the same directory would stop this hub's proxy
-    c.ConfigurableHTTPProxy.pid_file = os.path.join(tempfile.mkdtemp(prefix="jb-hub-"), "proxy.pid")
-    c.Authenticator.admin_users = {"admin"}
-    c.Authenticator.allow_all = True
-    for key, value in overrides.items():
-        setattr(c.OpenStackSpawner, key, value)
-    return c
-
-
-async def start_hub(config):
-    from jupyterhub.tests.mocking import MockHub
-    MockHub.clear_instance()
-    app = MockHub.instance(config=config)
-    await app.initialize()
-    await app.start()
-    return app
-
-
-async def stop_hub(app):
-    from jupyterhub.tests.mocking import MockHub
-    ServerCache.stop_all()
-    Reaper.stop_all()
-    try:
-        await stop_mockhub(app)
-    finally:
-        MockHub.clear_instance()
-        CloudAdapter.forget_all()
+    """The test hub's config (hub_id "test"): short timeouts, a 1 GB volume; ``overrides`` are spawner traits."""
+    options = dict(volume_size=1, cache_interval=2, boot_timeout=60, notebook_timeout=90)
+    return mockhub.hub_config(cloud, hub_id="test", **{**options, **overrides})
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from tornado import web
 from ...authenticator.secrets import decrypt
 from ..environments.manager import Conflict, NotFound
 from ..environments.validation import ValidationError
-from ..handlers import BaseHandler, PageHandler
+from ..handlers import NAME, BaseHandler, PageHandler, under
 from ..models import action_model
 from . import AUDIT_TARGET, methods, settings
 from .hubapi import HubAPIError
@@ -45,12 +45,7 @@ class AdminHandler(BaseHandler):
 
     async def require_admin(self):
         """The caller's hub user model if the hub says they are an admin; else 403 (or login for a page)."""
-        user = self.current_user
-        if user is None:
-            if not self.api and self.request.method == "GET":
-                self.redirect(self.get_login_url())
-                raise web.Finish()
-            raise web.HTTPError(403, "Not authenticated with the hub.")
+        user = self.hub_user()
         try:
             model = await self.hub.user(user["name"])
         except HubAPIError as e:
@@ -63,15 +58,10 @@ class AdminHandler(BaseHandler):
     def auth_page(self, name=""):
         return url_path_join(self.prefix, "auth", name) if name else url_path_join(self.prefix, "auth")
 
-    def log_exception(self, typ, value, tb):
-        if isinstance(value, HubAPIError):
-            return
-        super().log_exception(typ, value, tb)
-
-    def _handle_request_exception(self, e):
+    def http_error(self, e):
         if isinstance(e, HubAPIError):
-            e = web.HTTPError(e.status if e.status in (400, 403, 404, 409) else 502, str(e).replace("%", "%%"))
-        return super()._handle_request_exception(e)
+            return web.HTTPError(e.status if e.status in (400, 403, 404, 409) else 502, str(e).replace("%", "%%"))
+        return super().http_error(e)
 
     # -- shared state --
     async def admins(self):
@@ -354,10 +344,7 @@ class AuditPage(AdminPage):
 
 
 def routes(prefix):
-    def r(path, handler):
-        return (url_path_join(prefix, path), handler)
-
-    name = r"([^/]+)"
+    r, name = under(prefix), NAME
     return [
         r("api/auth", AuthStateHandler),
         r("api/auth/allowed-users", AllowedUsersHandler),
