@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.request
 
-from .cloud import CLOUD_NAME, CloudStartError, print_cli_help, start_demo_cloud, stop_demo_cloud
+from .cloud import CLOUD_NAME, CloudStartError, _log_tail, print_cli_help, start_demo_cloud, stop_demo_cloud
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HUB_ID = "demo"
@@ -299,14 +299,6 @@ def write_hub_config(state_dir, port, clouds_yaml, checkin=None, s3=None):
         f.write(text)
     os.replace(tmp, path)
     return path
-
-
-def _log_tail(path, chars=3000):
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()[-chars:]
-    except OSError:
-        return ""
 
 
 def launch_hub(state_dir, config_path, crypt_key):

@@ -8,13 +8,11 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 
 import requests
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
 
 from jhub_broker.services.environments.builder import find_uv
+from tests.fixtures.kernel import execute_over_websocket
 
 ENV = "demo"
 KERNEL = "broker-demo"
@@ -59,53 +57,10 @@ async def run_in_kernel(hub, name, kernel_name, code):
     assert r.status_code == 201, r.text
     kid = r.json()["id"]
     ws_url = hub.client.base.replace("http", "ws", 1) + url + f"api/kernels/{kid}/channels"
-    conn = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {token}"}))
-    session = uuid.uuid4().hex
-
-    def request(msg_type, content):
-        msg_id = uuid.uuid4().hex
-        conn.write_message(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": msg_type, "username": name, "session": session,
-                       "version": "5.3", "date": ""},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [], "content": content}))
-        return msg_id
-
-    async def reply_to(msg_id, msg_type, timeout):
-        while True:
-            msg = json.loads(await asyncio.wait_for(conn.read_message(), timeout))
-            if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == msg_type:
-                return msg
-
-    # the kernel may still be starting: ask until it answers, then execute
-    for _ in range(24):
-        try:
-            await reply_to(request("kernel_info_request", {}), "kernel_info_reply", 5)
-            break
-        except asyncio.TimeoutError:
-            continue
-    msg_id = request("execute_request", {"code": code, "silent": False, "store_history": False,
-                                         "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
-    out, err, status = [], [], None
     try:
-        while True:
-            raw = await asyncio.wait_for(conn.read_message(), 120)
-            assert raw is not None, "kernel websocket closed"
-            msg = json.loads(raw)
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            t = msg["msg_type"]
-            if t == "stream":
-                out.append(msg["content"]["text"])
-            elif t == "error":
-                err.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
-            elif t == "execute_reply":
-                status = msg["content"]["status"]
-            elif t == "status" and msg["content"]["execution_state"] == "idle" and status:
-                break
+        return await execute_over_websocket(ws_url, token, name, code)
     finally:
-        conn.close()
         await hub.client.request("DELETE", url + f"api/kernels/{kid}", token=token)
-    return status, "".join(out), "\n".join(err)
 
 
 async def stream_log(hub, env, number, user="admin"):

@@ -4,19 +4,16 @@ An admin publishes an environment through the broker API; a user's VM then build
 from its lockfile with the broker's own sync code (shipped in user_data) and the notebook lists its kernel.
 """
 import asyncio
-import json
 import os
 import shutil
 import tempfile
 import time
-import uuid
 
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
 from traitlets.config import Config
 
 from jhub_broker.services.config import free_port, service_config
 from jhub_broker.spawner.userdata import VM_PKG_DIR
+from tests.fixtures.kernel import execute_over_websocket
 
 ENV = "vmsix"
 KERNEL = "broker-vmsix"
@@ -42,59 +39,11 @@ async def run_in_kernel(hub, name, kernel_name, code):
     r = await hub.request("POST", f"user/{name}/api/kernels", user=name, json={"name": kernel_name})
     assert r.status_code == 201, r.text
     kid = r.json()["id"]
-    token = hub.token(name)
     ws_url = hub.base.replace("http", "ws", 1) + hub.prefix.rstrip("/") + f"/user/{name}/api/kernels/{kid}/channels"
-    conn = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {token}"}))
-    session = uuid.uuid4().hex
-
-    def request(msg_type, content):
-        msg_id = uuid.uuid4().hex
-        conn.write_message(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": msg_type, "username": name, "session": session,
-                       "version": "5.3", "date": ""},
-            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [], "content": content}))
-        return msg_id
-
-    async def reply_to(msg_id, msg_type, timeout):
-        while True:
-            raw = await asyncio.wait_for(conn.read_message(), timeout)
-            assert raw is not None, "kernel websocket closed"
-            msg = json.loads(raw)
-            if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == msg_type:
-                return msg
-
-    out, err, status, idle = [], [], None, False
     try:
-        for _ in range(24):  # the kernel may still be starting
-            try:
-                await reply_to(request("kernel_info_request", {}), "kernel_info_reply", 5)
-                break
-            except asyncio.TimeoutError:
-                continue
-        msg_id = request("execute_request", {"code": code, "silent": False, "store_history": False,
-                                             "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
-        while True:
-            raw = await asyncio.wait_for(conn.read_message(), 120)
-            assert raw is not None, "kernel websocket closed"
-            msg = json.loads(raw)
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            t = msg["msg_type"]
-            if t == "stream":
-                out.append(msg["content"]["text"])
-            elif t == "error":
-                err.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
-            elif t == "execute_reply":
-                status = msg["content"]["status"]
-            elif t == "status" and msg["content"]["execution_state"] == "idle":
-                idle = True
-            # shell (execute_reply) and iopub (idle) are separate channels: either may come first
-            if status and idle:
-                break
+        return await execute_over_websocket(ws_url, hub.token(name), name, code)
     finally:
-        conn.close()
         await hub.request("DELETE", f"user/{name}/api/kernels/{kid}", user=name)
-    return status, "".join(out), "\n".join(err)
 
 
 async def stop_services(app):
