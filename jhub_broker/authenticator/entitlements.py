@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import re
 
 # one group path segment: no separators, no whitespace or control characters
-_SEGMENT = re.compile(r"^[^\s:#=/\x00-\x1f\x7f]+$")
+_SEGMENT = re.compile(r"[^\s:#=/\x00-\x1f\x7f]+\Z")  # \Z, not $: "$" also matches before a trailing newline
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The entitlement parser never crashes, and malformed or foreign values never grant anything."""
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from jhub_broker.authenticator.entitlements import parse_entitlement, parse_entitlements
 from jhub_broker.authenticator.rules import AccessRules
@@ -48,6 +48,7 @@ def test_random_values_never_crash_never_grant(value):
 
 @settings(max_examples=1000, deadline=None)
 @given(st.integers(0, len(VALID)), st.integers(0, 5), st.text(max_size=4))
+@example(34, 1, "\n")  # found by CI: a newline ending the VO name slipped through a "$"-anchored pattern
 def test_mutated_groups_are_wellformed(pos, cut, insert):
     d = RULES.decide(parse_entitlements([VALID[:pos] + insert + VALID[pos + cut:]]))
     for g in d.groups:
