@@ -12,8 +12,9 @@ Started, in order (each as its own process, all on 127.0.0.1):
    environment and the authentication admin pages (bootstrap admin ``bob@egi.eu``).
 
 The login-method page restarts the hub through this supervisor (``python -m jhub_broker.demo.restart``, SIGUSR1):
-it stops the hub, leaving the users' VMs running for the new hub to adopt, and launches it again; a hub that
-exits after a restart is waited for while the broker rolls the configuration back.
+it stops the hub, leaving the users' VMs running for the new hub to adopt, launches it again and answers once the
+new hub serves (exit 0) or has exited (exit 1, so the broker rolls back at once); a hub that exits after a restart
+is waited for while the broker rolls the configuration back.
 
 Ctrl-C (or SIGTERM) first stops every user's server through the hub API (their VMs are deleted), then the hub,
 the stand-ins, and the cloud (SIGTERM: it stops whatever VMs are left).  ``--no-login`` (or a Check-in
@@ -374,6 +375,7 @@ class _RestartRequests:
         self.pid_file = os.path.join(state_dir, PID_FILE)
         self.flag = False
         self.last = None  # monotonic time of the last restart
+        self.waiting = None  # request files to answer once the new hub serves or fails
 
     def install(self):
         os.makedirs(self.dir, exist_ok=True)
@@ -592,7 +594,20 @@ def run_demo(args):
                     stop_hub(hub, state_dir)
                 hub, _ = launch_hub(state_dir, config_path, crypt_key)
                 restarts.last = time.monotonic()
-                restarts.answer(asked, "ok")
+                restarts.waiting = (restarts.waiting[0] if restarts.waiting else []) + asked
+            if restarts.waiting:
+                # like `systemctl restart` of a notify unit: answer once the new hub serves, or has failed
+                if hub is None or hub.poll() is not None:
+                    code = None if hub is None else hub.returncode
+                    restarts.answer(restarts.waiting, f"the new hub exited (status {code}); see "
+                                                      f"{state_dir}/jupyterhub.log")
+                    restarts.waiting = None
+                elif _answers(f"http://127.0.0.1:{port}/hub/api/") == 200:
+                    restarts.answer(restarts.waiting, "ok")
+                    restarts.waiting = None
+                elif not restarts.recent(RESTART_GRACE / 2):
+                    restarts.answer(restarts.waiting, "the new hub did not answer in time")
+                    restarts.waiting = None
             if hub is not None and hub.poll() is not None:
                 if restarts.recent(RESTART_GRACE):
                     # a new config that does not start: the broker's restart helper rolls it back and asks again

@@ -4,9 +4,9 @@
 
 The demo supervisor (``jhub-broker demo``) owns the hub process, so a restart is asked of it: this command drops
 a request file into ``STATE_DIR/restart-requests``, wakes the supervisor with SIGUSR1 and waits until the
-supervisor has stopped the old hub and launched the new one (like ``systemctl restart``). Whether the new hub
-comes up is checked by the broker's restart helper, which rolls back if it does not.
-Exit status: 0 when the new hub was launched, 1 otherwise (with the reason on stderr).
+supervisor has stopped the old hub, launched the new one and seen it serve or fail (like ``systemctl restart`` of
+a notify unit). The broker's restart helper still checks the hub API itself, and rolls back if it is not back.
+Exit status: 0 when the new hub serves, 1 otherwise (with the reason on stderr).
 """
 import os
 import secrets
