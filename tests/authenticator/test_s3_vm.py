@@ -21,7 +21,7 @@ from jhub_broker.authenticator.rules import AccessRules
 from jhub_broker.emulators.s3 import MotoS3
 from jhub_broker.spawner.userdata import S3_HELPER_NAME, VM_BIN_DIR
 from tests.authenticator.conftest import hub_config
-from tests.spawner.conftest import HubClient, spawner_config, start_hub, stop_hub, wipe_hub_resources
+from tests.spawner.conftest import os_hub  # noqa: F401 - the hub factory fixture
 from tests.spawner.test_vm_environments import run_in_kernel
 
 VM_VENV = "/opt/jhub-broker/singleuser"
@@ -104,26 +104,11 @@ def moto_static(tmp_path_factory):
 
 
 @pytest.fixture
-async def vm_checkin_hub(local_cloud, checkin, hub_port):
+async def vm_checkin_hub(os_hub, checkin, hub_port):
     """A real hub: CheckinAuthenticator (Check-in stand-in) + OpenStackSpawner (local cloud) + real proxy."""
-    apps = []
-
     async def start(**auth):
-        config = spawner_config(local_cloud, notebook_timeout=300)
-        for section, values in hub_config(checkin, hub_port, **auth).items():
-            for key, value in values.items():
-                setattr(config[section], key, value)
-        app = await start_hub(config)
-        apps.append(app)
-        return app, HubClient(app)
-
-    yield start
-    for app in apps:
-        try:
-            await stop_hub(app)
-        finally:
-            app.proxy.stop()
-    await asyncio.to_thread(wipe_hub_resources, local_cloud)
+        return await os_hub(hub_config=hub_config(checkin, hub_port, **auth), notebook_timeout=300)
+    return start
 
 
 async def test_kernel_on_a_vm_reaches_exactly_the_granted_buckets(vm_checkin_hub, browser_login, moto_static,

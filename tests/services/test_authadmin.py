@@ -6,6 +6,7 @@ service behind a real configurable-http-proxy.
 Part 2: a real ``python -m jupyterhub`` subprocess restarted by the service through its restart command.
 """
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -493,34 +494,42 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def real_hub():
-    d = world_readable_tmpdir("jb-realhub-")
+@contextlib.contextmanager
+def running_hub(prefix, configure_call, extra="", forbidden=()):
+    """A real ``python -m jupyterhub`` (tests/services/hubctl.py) in a fresh directory, configured by
+    ``configure_call`` (a ``jhub_broker.configure(c, ...)`` line that may use ``{d}``) plus ``extra``; stopped
+    at the end, when none of ``forbidden`` may appear in its log. Yields ``(dir, url)``."""
+    d = world_readable_tmpdir(prefix)
     port, hub_port, api_port = free_port(), free_port(), free_port()
-    token = Fernet.generate_key().decode()[:32]
-    write_config(os.path.join(d, "jupyterhub_config.py"), f"""
-jhub_broker.configure(c, spawner="jupyterhub.spawner.SimpleLocalProcessSpawner", authenticator="dummy",
-                      admin_users=["admin"], environments_root={os.path.join(d, 'envs')!r},
-                      auth_config_dir={os.path.join(d, 'conf.d')!r}, restart_timeout=25,
-                      restart_command=[sys.executable, {HUBCTL!r}, "restart", {d!r}])
+    write_config(os.path.join(d, "jupyterhub_config.py"), configure_call.replace("{d}", d) + f"""
 c.JupyterHub.bind_url = "http://127.0.0.1:{port}/"
 c.JupyterHub.hub_port = {hub_port}
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
 c.JupyterHub.db_url = "sqlite:///{d}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{d}/cookie_secret"
 c.ConfigurableHTTPProxy.pid_file = "{d}/proxy.pid"
-c.JupyterHub.api_tokens = {{{token!r}: "admin"}}
-""")
+""" + extra)
     subprocess.run([sys.executable, HUBCTL, "start", d], check=True)
-    url = f"http://127.0.0.1:{port}"
-    ns = type("RealHub", (), {"dir": d, "url": url, "token": token, "client": Client(url)})()
     try:
-        yield ns
+        yield d, f"http://127.0.0.1:{port}"
     finally:
         subprocess.run([sys.executable, HUBCTL, "stop", d])
         log = open(os.path.join(d, "hub.log")).read() if os.path.exists(os.path.join(d, "hub.log")) else ""
         shutil.rmtree(d, ignore_errors=True)
-        assert SECRET not in log
+        for secret in forbidden:
+            assert secret not in log
+
+
+@pytest.fixture(scope="module")
+def real_hub():
+    token = Fernet.generate_key().decode()[:32]
+    call = f"""
+jhub_broker.configure(c, spawner="jupyterhub.spawner.SimpleLocalProcessSpawner", authenticator="dummy",
+                      admin_users=["admin"], environments_root="{{d}}/envs", auth_config_dir="{{d}}/conf.d",
+                      restart_timeout=25, restart_command=[sys.executable, {HUBCTL!r}, "restart", "{{d}}"])"""
+    with running_hub("jb-realhub-", call, f"c.JupyterHub.api_tokens = {{{token!r}: 'admin'}}\n",
+                     forbidden=[SECRET]) as (d, url):
+        yield type("RealHub", (), {"dir": d, "url": url, "token": token, "client": Client(url)})()
 
 
 async def wait_restart(hub, timeout=150):
@@ -590,31 +599,11 @@ PASSWORDS = {"boss": "Boss-Password-2026!", "eve": "Eve-Password-2026!", "carol"
 def native_hub():
     """A real `python -m jupyterhub` configured with ``jhub_broker.configure(authenticator="native")`` and one
     bootstrap admin, ``boss``, who has no account yet."""
-    pytest.importorskip("nativeauthenticator")
-    d = world_readable_tmpdir("jb-native-")
-    port, hub_port, api_port = free_port(), free_port(), free_port()
-    write_config(os.path.join(d, "jupyterhub_config.py"), f"""
+    call = """
 jhub_broker.configure(c, spawner="jupyterhub.spawner.SimpleLocalProcessSpawner", authenticator="native",
-                      admin_users=["boss"], environments_root={os.path.join(d, 'envs')!r},
-                      auth_config_dir={os.path.join(d, 'conf.d')!r})
-c.JupyterHub.bind_url = "http://127.0.0.1:{port}/"
-c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
-c.JupyterHub.db_url = "sqlite:///{d}/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret_file = "{d}/cookie_secret"
-c.ConfigurableHTTPProxy.pid_file = "{d}/proxy.pid"
-""")
-    subprocess.run([sys.executable, HUBCTL, "start", d], check=True)
-    url = f"http://127.0.0.1:{port}"
-    ns = type("NativeHub", (), {"dir": d, "url": url, "client": Client(url)})()
-    try:
-        yield ns
-    finally:
-        subprocess.run([sys.executable, HUBCTL, "stop", d])
-        log = open(os.path.join(d, "hub.log")).read() if os.path.exists(os.path.join(d, "hub.log")) else ""
-        shutil.rmtree(d, ignore_errors=True)
-        for pw in PASSWORDS.values():
-            assert pw not in log
+                      admin_users=["boss"], environments_root="{d}/envs", auth_config_dir="{d}/conf.d")"""
+    with running_hub("jb-native-", call, forbidden=PASSWORDS.values()) as (d, url):
+        yield type("NativeHub", (), {"dir": d, "url": url, "client": Client(url)})()
 
 
 def native_signup(hub_url, username, password):
