@@ -340,14 +340,17 @@ def _hub_api(port, token, method, path, timeout=30):
 def stop_user_servers(state_dir, port, timeout=240):
     """Stop every user's server through the hub API (their VMs are deleted); waits until none is left."""
     from urllib.parse import quote
+
+    def running_servers():
+        users = _hub_api(port, token, "GET", "/users?state=active")
+        return [(u["name"], name) for u in users for name in (u.get("servers") or {})]
     try:
         with open(os.path.join(state_dir, "secrets", "demo-supervisor-token")) as f:
             token = f.read().strip()
-        users = _hub_api(port, token, "GET", "/users?state=active")
+        running = running_servers()
     except (OSError, ValueError) as e:
         _warn(f"cannot list the users' servers ({e}); the cloud's shutdown removes their VMs")
         return
-    running = [(u["name"], name) for u in users for name in (u.get("servers") or {})]
     for user, name in running:
         path = f"/users/{quote(user, safe='')}/servers/{quote(name, safe='')}" if name else \
             f"/users/{quote(user, safe='')}/server"
@@ -360,10 +363,9 @@ def stop_user_servers(state_dir, port, timeout=240):
     while running and time.monotonic() < deadline:
         time.sleep(1)
         try:
-            users = _hub_api(port, token, "GET", "/users?state=active")
+            running = running_servers()
         except (OSError, ValueError):
             return
-        running = [(u["name"], name) for u in users for name in (u.get("servers") or {})]
 
 
 class _RestartRequests:
@@ -375,7 +377,7 @@ class _RestartRequests:
         self.pid_file = os.path.join(state_dir, PID_FILE)
         self.flag = False
         self.last = None  # monotonic time of the last restart
-        self.waiting = None  # request files to answer once the new hub serves or fails
+        self.waiting = []  # request files to answer once the new hub serves or fails
 
     def install(self):
         os.makedirs(self.dir, exist_ok=True)
@@ -394,13 +396,15 @@ class _RestartRequests:
         self.flag = False
         return [n for n in os.listdir(self.dir) if not n.endswith(".done")]
 
-    def answer(self, names, result):
-        for n in names:
+    def answer(self, result):
+        """Answer every waiting request with ``result``."""
+        for n in self.waiting:
             tmp = os.path.join(self.dir, n + ".tmp")
             with open(tmp, "w") as f:
                 f.write(result)
             os.replace(tmp, os.path.join(self.dir, n + ".done"))
             os.unlink(os.path.join(self.dir, n))
+        self.waiting = []
 
     def recent(self, window):
         return self.last is not None and time.monotonic() - self.last < window
@@ -594,20 +598,16 @@ def run_demo(args):
                     stop_hub(hub, state_dir)
                 hub, _ = launch_hub(state_dir, config_path, crypt_key)
                 restarts.last = time.monotonic()
-                restarts.waiting = (restarts.waiting[0] if restarts.waiting else []) + asked
+                restarts.waiting += asked
             if restarts.waiting:
                 # like `systemctl restart` of a notify unit: answer once the new hub serves, or has failed
                 if hub is None or hub.poll() is not None:
                     code = None if hub is None else hub.returncode
-                    restarts.answer(restarts.waiting, f"the new hub exited (status {code}); see "
-                                                      f"{state_dir}/jupyterhub.log")
-                    restarts.waiting = None
+                    restarts.answer(f"the new hub exited (status {code}); see {state_dir}/jupyterhub.log")
                 elif _answers(f"http://127.0.0.1:{port}/hub/api/") == 200:
-                    restarts.answer(restarts.waiting, "ok")
-                    restarts.waiting = None
+                    restarts.answer("ok")
                 elif not restarts.recent(RESTART_GRACE / 2):
-                    restarts.answer(restarts.waiting, "the new hub did not answer in time")
-                    restarts.waiting = None
+                    restarts.answer("the new hub did not answer in time")
             if hub is not None and hub.poll() is not None:
                 if restarts.recent(RESTART_GRACE):
                     # a new config that does not start: the broker's restart helper rolls it back and asks again

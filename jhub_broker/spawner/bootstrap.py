@@ -47,9 +47,9 @@ class BootstrapRegistry:
 
     def release(self, owner, **changes):
         """Complete a held payload with ``changes``; from now on the secret can be redeemed."""
+        self.update(owner, **changes)
         for entry in self._entries.values():
             if entry["owner"] == owner:
-                entry["payload"].update(changes)
                 entry["held"] = False
 
     def update(self, owner, **changes):

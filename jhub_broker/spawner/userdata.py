@@ -6,6 +6,8 @@ import os
 
 import jinja2
 
+from . import vm_agent
+
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "templates")
 AGENT_PATH = os.path.join(os.path.dirname(__file__), "vm_agent.py")
 ENVIRONMENTS_SRC = os.path.join(os.path.dirname(os.path.dirname(__file__)), "services", "environments")
@@ -20,8 +22,8 @@ SYNC_MODULES = ("sync", "builder", "kernels", "smoke", "validation")
 # ``jhub-broker-s3-credentials`` (stdlib only), written by cloud-init as an executable script; the VM
 # agent puts its directory first on the notebook's PATH and writes the AWS config that names it.
 S3_HELPER_SRC = os.path.join(os.path.dirname(os.path.dirname(__file__)), "authenticator", "s3", "cli.py")
-VM_BIN_DIR = "/var/lib/jhub-broker/bin"
-S3_HELPER_NAME = "jhub-broker-s3-credentials"
+VM_BIN_DIR = vm_agent.S3_HELPER_DIR  # where the agent looks for it
+S3_HELPER_NAME = os.path.basename(vm_agent.S3_HELPER)
 
 # Install jupyterhub-singleuser when the image does not have it (a plain Ubuntu
 # cloud image); pre-baked images skip this in well under a second.

@@ -136,9 +136,10 @@ class S3Broker:
                     gone = set()
                 if ids - gone:
                     left[endpoint] = ids - gone
-        self._issued[user.name] = {ep: set(ids) for ep, ids in left.items()}
-        if not left:
-            del self._issued[user.name]
+        if left:
+            self._issued[user.name] = {ep: set(ids) for ep, ids in left.items()}
+        else:
+            self._issued.pop(user.name, None)
         async with self._state_lock(user):
             state = await user.get_auth_state()
             if state is not None:
