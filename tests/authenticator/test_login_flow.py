@@ -76,7 +76,17 @@ async def test_username_with_control_or_bidi_characters_is_refused(checkin_hub, 
         assert char not in caplog.text, "the log shows the name escaped"
     # no hub user was made for any of them
     assert [u.name for u in app.db.query(orm.User) if u.name.startswith("bob@egi.eu")] == []
-    # the check is the authenticator's validate_username, which the hub also applies to names made by its API
+    # the hub applies the same check to names an admin creates through its REST API
+    import requests
+    await browser_login("bob", "bob-pw")   # bob is admin (VO manager)
+    token = app.users["bob@egi.eu"].new_api_token()
+    api = f"http://127.0.0.1:{app.hub.port}{app.hub.base_url}api/users"
+    h = {"Authorization": f"token {token}"}
+    r = await asyncio.to_thread(requests.post, api, json={"usernames": ["bob@egi.eu\x00"]}, headers=h, timeout=30)
+    assert r.status_code == 400, r.text
+    r = await asyncio.to_thread(requests.post, api + "/bob@egi.eu%E2%80%AE", headers=h, timeout=30)
+    assert r.status_code == 400, r.text
+    assert [u.name for u in app.db.query(orm.User) if u.name.startswith("bob@egi.eu")] == ["bob@egi.eu"]
     assert not app.authenticator.validate_username("bob@egi.eu\x00")
     assert not app.authenticator.validate_username("bob@egi.eu\u2028x")
     assert app.authenticator.validate_username("bob@egi.eu") and app.authenticator.validate_username("a b")
