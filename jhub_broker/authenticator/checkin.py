@@ -407,9 +407,9 @@ class CheckinAuthenticator(GenericOAuthenticator):
             if not auth_state:
                 self.log.info("No auth_state for %s: a new login is needed", user.name)
                 return False
-            if not self._expires_soon(auth_state):
+            if auth_state.get("token_response") and not self._expires_soon(auth_state):
                 try:
-                    auth_model = await self._token_to_auth_model(auth_state.get("token_response") or {})
+                    auth_model = await self._token_to_auth_model(auth_state["token_response"])
                     return self._keep_issued(auth_state, auth_model)
                 except HTTPClientError as e:
                     # the issuer refused the access token before its time (revoked): try the refresh token
