@@ -60,6 +60,8 @@ def configure(c, *, spawner="openstack", cloud=None, image=None, flavor=None, sp
       a user who left the VO must not keep access because they once logged in).
     - ``broker``: add the broker service (:func:`service_config`) with its roles and scopes, the authentication
       admin pages, and point the authenticator at the service's settings database.
+    - always: the ``custom:s3-credentials`` scope, held by users for themselves and by their servers' tokens
+      (``jhub_broker.authenticator.s3.scope.add_s3_scope``).
     - ``auth_config_dir``: where the login-method page writes its fragment; loaded here. ``restart_command``
       restarts the hub after a method change (e.g. ``["systemctl", "restart", "jupyterhub"]``).
     Returns ``c``.
@@ -113,6 +115,9 @@ def configure(c, *, spawner="openstack", cloud=None, image=None, flavor=None, sp
         service_config(c, environments_root=root, db_url=db_url, managers=managers, auth_admin=True,
                        initial_environments=initial_environments, extra_args=args, environment=env)
         _section(c, "LiveSettingsMixin")["live_settings_url"] = url
+    # after the broker's roles: users' servers may fetch their own S3 credentials from the hub
+    from .authenticator.s3.scope import add_s3_scope
+    add_s3_scope(c)
     if auth_config_dir and os.path.isdir(auth_config_dir):
         load_fragments(c, auth_config_dir)
     return c

@@ -1,23 +1,36 @@
-"""CheckinAuthenticator: EGI Check-in (or any OIDC issuer) on oauthenticator's GenericOAuthenticator."""
+"""CheckinAuthenticator: EGI Check-in (or any OIDC issuer) on oauthenticator's GenericOAuthenticator.
+
+It keeps GenericOAuthenticator's promises: ``userdata_from_id_token``, ``claim_groups_key`` /
+``auth_state_groups_key`` (groups from a claim, merged with the entitlement groups), ``allowed_groups``,
+``admin_groups``, ``refresh_user_hook`` and ``modify_auth_state_hook`` work as oauthenticator documents them;
+a setting that cannot have an effect with the rest of the configuration is named in a warning at start-up.
+"""
 import asyncio
+from functools import reduce
 from inspect import isawaitable
 import os
 import time
+from urllib.parse import urlsplit
 
 import jinja2
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLoginHandler
-from traitlets import Bool, Dict, Enum, Float, List, Unicode, default
+from tornado import web
+from tornado.httpclient import HTTPClientError
+from traitlets import Bool, Dict, Enum, Float, List, Unicode, default, observe
 
 from .entitlements import parse_entitlements
 from .oidc import OIDCIssuer
 from .rules import DEFAULT_HIERARCHY, AccessRules
+from .usernames import unacceptable_character
 
 CHECKIN_ISSUERS = {
     "production": "https://aai.egi.eu/auth/realms/egi",
     "demo": "https://aai-demo.egi.eu/auth/realms/egi",
     "development": "https://aai-dev.egi.eu/auth/realms/egi",
 }
+# the authority (`#...` of an entitlement) each Check-in instance asserts memberships as
+CHECKIN_AUTHORITIES = {urlsplit(url).hostname: env for env, url in CHECKIN_ISSUERS.items()}
 
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(__file__), "templates")),
@@ -70,9 +83,18 @@ class CheckinAuthenticator(GenericOAuthenticator):
                           help="Role -> roles it implies, e.g. {'manager': ['member']}.")
     entitlement_namespace = Unicode("urn:mace:egi.eu", config=True,
                                     help="Only entitlements in this namespace count.")
-    trusted_authorities = List(Unicode(), default_value=["aai.egi.eu", "aai-demo.egi.eu", "aai-dev.egi.eu"],
-                               config=True, help="Only entitlements issued by these authorities (`#...`) "
-                                                 "count; empty trusts any.")
+    trusted_authorities = List(Unicode(), config=True,
+                               help="Only entitlements issued by these authorities (`#...`) count; empty trusts "
+                                    "any. Default: the Check-in instance's own (`aai.egi.eu` for production, so "
+                                    "a VO membership made on the demo or development instance never counts "
+                                    "there); for another issuer, all three Check-in instances.")
+
+    @default("trusted_authorities")
+    def _trusted_authorities_default(self):
+        host = urlsplit(self.issuer).hostname
+        if host in CHECKIN_AUTHORITIES:
+            return [host]
+        return list(CHECKIN_AUTHORITIES)
     group_name_format = Unicode("{vo}", config=True, help="JupyterHub group name for a VO.")
     subgroup_name_format = Unicode("{vo}:{subgroups}", config=True,
                                    help="JupyterHub group name for a sub-group ({subgroups} is `a:b`).")
@@ -118,9 +140,58 @@ class CheckinAuthenticator(GenericOAuthenticator):
         return "EGI Check-in"
 
     def __init__(self, **kwargs):
+        self._groups_key_set = bool(os.environ.get("OAUTH2_GROUPS_KEY"))
         super().__init__(**kwargs)
         self._oidc = None
         self._refresh_locks = {}
+        for line in self.ineffective_settings():
+            self.log.warning("%s", line)
+
+    @observe("claim_groups_key", "auth_state_groups_key")
+    def _groups_key_changed(self, change):
+        # oauthenticator's default key (`oauth_user.groups`) is not read: Check-in sends no groups claim, and
+        # a claim nobody asked for must not give anyone groups (S3 grants and allowed_groups follow groups)
+        self._groups_key_set = True
+
+    def _configured(self):
+        """Names of the traits the configuration sets for this class (or a parent class's section)."""
+        return set(self._find_my_config(self.config))
+
+    def ineffective_settings(self):
+        """Warnings for settings that cannot have an effect with the rest of the configuration."""
+        cfg = self._configured()
+        out = []
+        if not self.manage_groups:
+            for name in ("group_roles", "group_name_format", "subgroup_name_format", "role_hierarchy"):
+                if name in cfg:
+                    out.append(f"{type(self).__name__}.{name} has no effect: manage_groups is False, so users "
+                               "get no JupyterHub groups from their entitlements")
+            if any(g.get("groups") for g in self.s3_grants):
+                out.append(f"{type(self).__name__}.s3_grants by \"groups\" never match: manage_groups is False, "
+                           "so users have no JupyterHub groups (grant by \"entitlements\" instead)")
+        if not self.enable_auth_state:
+            for name in ("refresh_user_hook", "refresh_margin"):
+                if name in cfg:
+                    out.append(f"{type(self).__name__}.{name} has no effect: enable_auth_state is False, so "
+                               "there are no tokens to refresh")
+            if any(ep.get("backend") in ("sts", "keystone_ec2") for ep in self.s3_endpoints.values()):
+                out.append(f"{type(self).__name__}.s3_endpoints: the sts and keystone_ec2 backends use the "
+                           "user's Check-in tokens, which are kept only with enable_auth_state = True")
+        if "enable_pkce" in cfg and not self.enable_pkce and urlsplit(self.issuer).hostname in CHECKIN_AUTHORITIES:
+            out.append(f"{type(self).__name__}.enable_pkce = False: EGI Check-in refuses authorization "
+                       "requests without PKCE, so nobody can log in")
+        env = CHECKIN_AUTHORITIES.get(urlsplit(self.issuer).hostname)
+        if env in ("demo", "development"):
+            out.append(f"{type(self).__name__} uses the EGI Check-in {env} instance ({self.issuer}): its accounts "
+                       "and VO memberships are for testing, not for a production hub")
+        if self.s3_endpoints:
+            from .s3.scope import S3_SCOPE
+            declared = getattr(self.parent, "custom_scopes", None)
+            if declared is not None and S3_SCOPE not in declared:
+                out.append(f"{type(self).__name__}.s3_endpoints: the hub does not declare the {S3_SCOPE} scope "
+                           "(c.JupyterHub.custom_scopes), so no server can fetch S3 credentials; call "
+                           "jhub_broker.authenticator.s3.scope.add_s3_scope(c) in jupyterhub_config.py")
+        return out
 
     @property
     def s3_broker(self):
@@ -196,7 +267,8 @@ class CheckinAuthenticator(GenericOAuthenticator):
             self.authorize_url = meta["authorization_endpoint"]
         if not self.token_url:
             self.token_url = meta["token_endpoint"]
-        if not self.userdata_url:
+        if not self.userdata_url and not self.userdata_from_id_token:
+            # with userdata_from_id_token the user's claims come from the (verified) id_token instead
             self.userdata_url = meta["userinfo_endpoint"]
         return meta
 
@@ -218,9 +290,29 @@ class CheckinAuthenticator(GenericOAuthenticator):
             message=self.refusal_message)
 
     # -- oauthenticator hooks ---------------------------------------------
+    def validate_username(self, username):
+        """Also refuse names with control, format (bidi, zero-width) or separator characters: shown in a page
+        or a log they would look like another user's name (`bob@egi.eu\\x00` shows as `bob@egi.eu`)."""
+        if unacceptable_character(username) is not None:
+            return False
+        return super().validate_username(username)
+
+    def _refuse_username(self, username):
+        bad = unacceptable_character(username)
+        if bad is None:
+            return
+        pos, char, what = bad
+        self.log.warning("Refusing a login: the identity provider sent the user name %s (claim %r), which has %s "
+                         "(U+%04X at position %d)", ascii(username), self.username_claim, what, ord(char), pos)
+        raise web.HTTPError(403, "Your identity provider sent a user name with an invisible or control character "
+                                 f"({what}, U+{ord(char):04X}); this hub cannot accept it. Ask your identity "
+                                 "provider's support to correct your account.")
+
     async def authenticate(self, handler, data=None, **kwargs):
         await self.discover()
         auth_model = await super().authenticate(handler, data, **kwargs)
+        if isinstance(auth_model, dict):
+            self._refuse_username(auth_model["name"])
         if self.s3_endpoints and isinstance(auth_model, dict) and handler is not None \
                 and hasattr(handler, "find_user"):
             existing = handler.find_user(self.normalize_username(auth_model["name"]))
@@ -252,7 +344,36 @@ class CheckinAuthenticator(GenericOAuthenticator):
         return auth_model
 
     async def get_user_groups(self, auth_state):
-        return set(self.rules.groups(self.entitlements_of(auth_state)))
+        """Entitlement groups, plus the groups of the configured claim (claim_groups_key/auth_state_groups_key)."""
+        groups = set(self.rules.groups(self.entitlements_of(auth_state)))
+        if self._groups_key_set:
+            groups |= await self._claim_groups(auth_state or {})
+        return groups
+
+    async def _claim_groups(self, auth_state):
+        key = self.auth_state_groups_key
+        if callable(key):
+            found = key(auth_state)
+            if isawaitable(found):
+                found = await found
+        else:
+            try:
+                found = reduce(dict.get, key.split("."), auth_state)
+            except TypeError:
+                found = None
+        if found is None:
+            # a user without the claim (e.g. a Check-in account) simply has no claim groups
+            self.log.debug("No groups at %s for this user", key)
+            return set()
+        if isinstance(found, str):
+            found = [found]
+        groups = set()
+        for g in found:
+            if isinstance(g, str) and g.strip() and unacceptable_character(g) is None and "/" not in g:
+                groups.add(g)
+            else:
+                self.log.warning("Ignoring the group %s from %s: not a usable group name", ascii(g), key)
+        return groups
 
     async def check_allowed(self, username, auth_model):
         if await super().check_allowed(username, auth_model):
@@ -267,17 +388,34 @@ class CheckinAuthenticator(GenericOAuthenticator):
         return exp is not None and exp - time.time() < self.refresh_margin
 
     async def refresh_user(self, user, handler=None, **kwargs):
-        """Refresh tokens near expiry, one refresh at a time per user."""
+        """Refresh tokens near expiry, one refresh at a time per user.
+
+        As in oauthenticator, ``refresh_user_hook`` is asked first, whatever the tokens' state (also without
+        auth_state): its answer (True, False or an auth model) wins; None goes on with the refresh below.
+        """
         if not self.enable_auth_state:
             return True
+        if self.refresh_user_hook is not None:
+            # outside the lock: a hook may itself ask for the user's (refreshed) state
+            refreshed = await self._call_refresh_user_hook(user, await user.get_auth_state())
+            if refreshed is not None:
+                return refreshed
         await self.discover()
         lock = self._refresh_locks.setdefault(user.name, asyncio.Lock())
         async with lock:
             auth_state = await user.get_auth_state()
             if not auth_state:
+                self.log.info("No auth_state for %s: a new login is needed", user.name)
                 return False
-            if not self._expires_soon(auth_state):
-                return self._keep_issued(auth_state, await super().refresh_user(user, handler, **kwargs))
+            if auth_state.get("token_response") and not self._expires_soon(auth_state):
+                try:
+                    auth_model = await self._token_to_auth_model(auth_state["token_response"])
+                    return self._keep_issued(auth_state, auth_model)
+                except HTTPClientError as e:
+                    # the issuer refused the access token before its time (revoked): try the refresh token
+                    if not 400 <= e.code < 500:
+                        raise
+                    self.log.info("The access token of %s was refused (%s); refreshing it", user.name, e.code)
             refresh_token = auth_state.get("refresh_token")
             if not refresh_token:
                 return False

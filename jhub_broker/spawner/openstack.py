@@ -64,12 +64,17 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
 
     @default("server_token_scopes")
     def _server_token_scopes_default(self):
-        if not self.environments_service_url:
-            return []  # the hub's default: the `server` role's scopes
-        # the VM reads the broker service with the notebook's token (see environments_service_url)
-        from ..services.scopes import VIEW
-        return ["users:activity!user", "access:servers!server", VIEW,
-                f"access:services!service={self.environments_service_name}"]
+        from ..authenticator.s3.scope import OWN_S3_SCOPE, SERVER_ROLE_SCOPES, scope_defined
+        scopes = []  # empty: the hub's default, the `server` role's scopes
+        if self.environments_service_url:
+            # the VM reads the broker service with the notebook's token (see environments_service_url)
+            from ..services.scopes import VIEW
+            scopes = SERVER_ROLE_SCOPES + [VIEW, f"access:services!service={self.environments_service_name}"]
+        if scope_defined():
+            # the VM fetches its user's S3 credentials from the hub with this token; asking for a scope the
+            # hub does not declare would fail every spawn, hence only when declared
+            scopes = (scopes or SERVER_ROLE_SCOPES) + [OWN_S3_SCOPE]
+        return scopes
 
     @default("options_form")
     def _options_form_default(self):

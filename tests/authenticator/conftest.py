@@ -1,5 +1,6 @@
 """Real parts for authenticator tests: the Check-in stand-in (npm oidc-provider) and a real hub."""
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -11,7 +12,8 @@ import requests
 from cryptography.fernet import Fernet
 
 from jhub_broker.authenticator import CheckinAuthenticator
-from jhub_broker.emulators.checkin import CheckinStandIn, default_node_modules, free_port
+from jhub_broker.authenticator.s3.scope import add_s3_scope
+from jhub_broker.emulators.checkin import ACCOUNTS_FILE, CheckinStandIn, default_node_modules, free_port
 
 os.environ.setdefault("JUPYTERHUB_CRYPT_KEY", Fernet.generate_key().decode())
 _bin = os.path.join(default_node_modules(), ".bin")
@@ -21,6 +23,19 @@ if os.path.isdir(_bin):
 CLIENT_ID = "jupyterhub-test"
 CLIENT_SECRET = "test-client-secret-not-real"
 ENROL_URL = "https://aai.egi.eu/registry/co_petitions/start/coef:vo.example.eu"
+# accounts only the tests need, besides the stand-in's researchers
+TEST_ACCOUNTS = [
+    # no VO entitlement; a groups claim (as a Keycloak or another OIDC provider would send one)
+    {"username": "gina", "password": "gina-pw", "sub": "gina@egi.eu", "name": "Gina Groups",
+     "email": "gina@example.org", "entitlements": [], "groups": ["hub-users", "hub-admins"]},
+    # an IdP sending a subject that only looks like bob's: NUL, escape, right-to-left override appended
+    {"username": "nul", "password": "nul-pw", "sub": "bob@egi.eu\u0000", "name": "Not Bob",
+     "entitlements": ["urn:mace:egi.eu:group:vo.example.eu:role=member#aai.egi.eu"]},
+    {"username": "esc", "password": "esc-pw", "sub": "bob@egi.eu\u001b[8m", "name": "Not Bob",
+     "entitlements": ["urn:mace:egi.eu:group:vo.example.eu:role=member#aai.egi.eu"]},
+    {"username": "bidi", "password": "bidi-pw", "sub": "bob@egi.eu\u202e", "name": "Not Bob",
+     "entitlements": ["urn:mace:egi.eu:group:vo.example.eu:role=member#aai.egi.eu"]},
+]
 
 
 @pytest.fixture(scope="session")
@@ -33,15 +48,19 @@ def checkin(tmp_path_factory, hub_port):
     """Access tokens live 20 s, so a test can watch them expire."""
     if not shutil.which("node"):
         pytest.skip("node is needed for the Check-in stand-in")
+    d = tmp_path_factory.mktemp("checkin")
+    with open(ACCOUNTS_FILE) as f:
+        accounts = json.load(f)["accounts"]
+    (d / "accounts.json").write_text(json.dumps({"accounts": accounts + TEST_ACCOUNTS}))
     s = CheckinStandIn([{"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
                          "redirect_uris": [f"http://127.0.0.1:{hub_port}/hub/oauth_callback"]}],
-                       str(tmp_path_factory.mktemp("checkin")), ttl={"access_token": 20})
+                       str(d), ttl={"access_token": 20}, accounts_file=str(d / "accounts.json"))
     s.start()
     yield s
     s.stop()
 
 
-def hub_config(checkin, hub_port, **auth):
+def hub_config(checkin, hub_port, services=(), **auth):
     chp = shutil.which("configurable-http-proxy")
     cfg = {
         "JupyterHub": {"authenticator_class": CheckinAuthenticator,
@@ -58,6 +77,12 @@ def hub_config(checkin, hub_port, **auth):
             **auth,
         },
     }
+    if services:
+        cfg["JupyterHub"]["services"] = list(services)
+        # every user may log in to the test services
+        cfg["JupyterHub"]["extra_user_scopes"] = [f"access:services!service={s['name']}" for s in services]
+    # as configure() does: servers' tokens may fetch their user's S3 credentials
+    add_s3_scope(cfg)
     # not ./jupyterhub-proxy.pid: a hub started from the same directory (another test session) would stop
     # the proxy named there
     cfg["ConfigurableHTTPProxy"] = {"pid_file": os.path.join(tempfile.mkdtemp(prefix="jb-hub-"), "proxy.pid")}
@@ -71,8 +96,8 @@ async def checkin_hub(hub_app, checkin, hub_port):
     """Start a real hub (MockHub + real proxy) with CheckinAuthenticator; stop its proxy after."""
     apps = []
 
-    async def start(**auth):
-        app = await hub_app(hub_config(checkin, hub_port, **auth))
+    async def start(services=(), **auth):
+        app = await hub_app(hub_config(checkin, hub_port, services, **auth))
         apps.append(app)
         return app
 

@@ -60,3 +60,33 @@ async def test_expired_token_refreshed_once_under_concurrency(checkin_hub, brows
     # the provider rotates refresh tokens and revokes the grant when an old one is reused, so five
     # parallel refreshes only all succeed if exactly one of them spent the old token
     assert after["refresh_token"] != before["refresh_token"]
+
+
+async def test_username_with_control_or_bidi_characters_is_refused(checkin_hub, browser_login, caplog):
+    """Issue 11, item 6: `bob@egi.eu\\x00` became a hub user shown as "bob@egi.eu". The stand-in's accounts nul,
+    esc and bidi have subjects that look like bob's but carry NUL, ESC or a right-to-left override."""
+    from jupyterhub import orm
+    app = await checkin_hub()
+    for login, char in (("nul", "\x00"), ("esc", "\x1b"), ("bidi", "\u202e")):
+        caplog.clear()
+        _, r = await browser_login(login, f"{login}-pw")
+        assert r.status_code == 403, (login, r.status_code)
+        assert "invisible or control character" in r.text and f"U+{ord(char):04X}" in r.text
+        assert f"U+{ord(char):04X}" in caplog.text and "Refusing a login" in caplog.text
+        assert char not in caplog.text, "the log shows the name escaped"
+    # no hub user was made for any of them
+    assert [u.name for u in app.db.query(orm.User) if u.name.startswith("bob@egi.eu")] == []
+    # the hub applies the same check to names an admin creates through its REST API
+    import requests
+    await browser_login("bob", "bob-pw")   # bob is admin (VO manager)
+    token = app.users["bob@egi.eu"].new_api_token()
+    api = f"http://127.0.0.1:{app.hub.port}{app.hub.base_url}api/users"
+    h = {"Authorization": f"token {token}"}
+    r = await asyncio.to_thread(requests.post, api, json={"usernames": ["bob@egi.eu\x00"]}, headers=h, timeout=30)
+    assert r.status_code == 400, r.text
+    r = await asyncio.to_thread(requests.post, api + "/bob@egi.eu%E2%80%AE", headers=h, timeout=30)
+    assert r.status_code == 400, r.text
+    assert [u.name for u in app.db.query(orm.User) if u.name.startswith("bob@egi.eu")] == ["bob@egi.eu"]
+    assert not app.authenticator.validate_username("bob@egi.eu\x00")
+    assert not app.authenticator.validate_username("bob@egi.eu\u2028x")
+    assert app.authenticator.validate_username("bob@egi.eu") and app.authenticator.validate_username("a b")

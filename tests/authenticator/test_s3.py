@@ -2,14 +2,18 @@
 import asyncio
 import json
 import os
+import secrets as _secrets
 import sys
 import textwrap
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 import yaml
 
 from jhub_broker.authenticator.s3.grants import resolve_grants
 from jhub_broker.authenticator.s3.policy import granted_set, policy_for
+from jhub_broker.authenticator.s3.scope import OWN_S3_SCOPE, S3_SCOPE
 from jhub_broker.authenticator.s3.sts import STSBackend
 from jhub_broker.authenticator.entitlements import parse_entitlements
 from jhub_broker.authenticator.rules import AccessRules
@@ -92,10 +96,16 @@ PROBE = textwrap.dedent("""
 """)
 
 
+def server_token(user):
+    """A token with the scopes the hub's `server` role gives a server (the !server filter left out: only the
+    hub's spawn resolves it)."""
+    return user.new_api_token(note="server", scopes=["users:activity!user", OWN_S3_SCOPE])
+
+
 async def server_env(app, user, tmp_path, helper_bin):
     """Exactly the env a spawner would hand the server (plus the config file its start hook writes)."""
     spawner = user.spawner
-    spawner.api_token = user.new_api_token(note="server")
+    spawner.api_token = server_token(user)
     await app.authenticator.pre_spawn_start(user, spawner)
     env = {k: (v(spawner) if callable(v) else v) for k, v in spawner.environment.items()}
     env.update(JUPYTERHUB_API_TOKEN=spawner.api_token, AWS_CONFIG_FILE=str(tmp_path / "aws" / "config"),
@@ -139,7 +149,7 @@ async def test_static_backend_user_reaches_exactly_granted_buckets(checkin_hub, 
     # another user's token cannot get alice's credentials: bob has no analysis-private grant
     bob_session, r = await browser_login("bob", "bob-pw")
     bob = app.users["bob@egi.eu"]
-    token = bob.new_api_token()
+    token = server_token(bob)
     resp = await asyncio.to_thread(
         bob_session.get, f"{env['JHUB_BROKER_S3_API']}/analysis-private",
         headers={"Authorization": f"token {token}"})
@@ -155,6 +165,66 @@ async def test_static_backend_user_reaches_exactly_granted_buckets(checkin_hub, 
     state = await user.get_auth_state()
     secrets += [state["access_token"], state["refresh_token"], state["id_token"], env["JUPYTERHUB_API_TOKEN"]]
     assert caplog.text and not [s for s in secrets if s in caplog.text]
+
+
+def _oauth_token_for_service(session, hub, client_id, secret, redirect_uri):
+    """What a service gets when the user logs in to it: the hub's real OAuth code flow in the user's browser."""
+    r = session.get(f"{hub}/hub/api/oauth2/authorize", allow_redirects=False, timeout=30,
+                    params={"client_id": client_id, "redirect_uri": redirect_uri, "response_type": "code",
+                            "state": "s"})
+    assert r.status_code == 302, r.text[:500]
+    code = parse_qs(urlsplit(r.headers["Location"]).query)["code"][0]
+    r = requests.post(f"{hub}/hub/api/oauth2/token", timeout=30,
+                      data={"client_id": client_id, "client_secret": secret, "grant_type": "authorization_code",
+                            "code": code, "redirect_uri": redirect_uri})
+    assert r.status_code == 200, r.text[:500]
+    return r.json()["access_token"]
+
+
+async def test_credentials_route_answers_only_tokens_with_the_s3_scope_of_their_owner(
+        checkin_hub, browser_login, moto, hub_port):
+    """Item 4 of issue 11: before, any token of the user (no scopes, a service's OAuth token) got the keys."""
+    svc_secret = "notes-" + _secrets.token_hex(16)
+    redirect = f"http://127.0.0.1:{hub_port}/services/notes/oauth_callback"
+    app = await checkin_hub(
+        services=[{"name": "notes", "api_token": svc_secret, "oauth_client_id": "service-notes",
+                   "oauth_redirect_uri": redirect, "oauth_no_confirm": True}],
+        s3_endpoints={"s3": {"url": moto.url, "backend": "static", "region": "us-east-1",
+                             "secrets_file": moto.secrets_file}},
+        s3_grants=GRANTS)
+    alice_browser, r = await browser_login("alice", "alice-pw")
+    assert r.status_code == 200
+    alice = app.users["alice@egi.eu"]
+    api = f"http://127.0.0.1:{app.hub.port}{app.hub.base_url}api/jhub-broker/s3-credentials"
+    keys = yaml.safe_load(open(moto.secrets_file))["keys"]
+
+    def get(token, profile="analysis-private"):
+        return requests.get(f"{api}/{profile}", headers={"Authorization": f"token {token}"}, timeout=30)
+
+    # a token of alice's made with no scopes, or with other scopes: refused, and told what is missing
+    for scopes in ([], ["read:users!user", "users:activity!user"]):
+        r = await asyncio.to_thread(get, alice.new_api_token(scopes=scopes, note="not a server"))
+        assert r.status_code == 403, (scopes, r.text)
+        assert S3_SCOPE in r.json()["message"]
+        assert "SecretAccessKey" not in r.text
+    # the token the hub gives the service "notes" when alice logs in to it, and the service's own token
+    oauth = await asyncio.to_thread(_oauth_token_for_service, alice_browser, f"http://127.0.0.1:{hub_port}",
+                                    "service-notes", svc_secret, redirect)
+    for token in (oauth, svc_secret):
+        r = await asyncio.to_thread(get, token)
+        assert r.status_code == 403, r.text
+        assert "SecretAccessKey" not in r.text
+    # a token with the scopes of alice's server: alice's own credentials for that grant
+    r = await asyncio.to_thread(get, server_token(alice))
+    assert r.status_code == 200, r.text
+    assert r.json()["AccessKeyId"] == keys["vo.example.eu:analysis"]["access_key_id"]
+    # bob's server token holds the scope for bob only: it gets nothing of alice's (no such grant for bob) ...
+    await browser_login("bob", "bob-pw")
+    bob_token = server_token(app.users["bob@egi.eu"])
+    assert (await asyncio.to_thread(get, bob_token)).status_code == 404
+    # ... and its default profile is bob's own grant (ref-data through vo.example.eu)
+    r = await asyncio.to_thread(get, bob_token, "default")
+    assert r.status_code == 200 and r.json()["AccessKeyId"] == keys["vo.example.eu"]["access_key_id"]
 
 
 def test_sts_session_policy_is_exactly_the_granted_set():
@@ -264,6 +334,11 @@ async def test_spawned_server_process_reaches_exactly_granted_buckets(checkin_hu
             time.sleep(0.5)
         raise AssertionError("server did not become ready")
     await asyncio.to_thread(spawn_and_wait)
+    # the token the hub made for the server carries the S3 scope for alice only
+    from jupyterhub import orm
+    from jupyterhub.scopes import get_scopes_for
+    held = get_scopes_for(orm.APIToken.find(app.db, user.spawner.api_token))
+    assert f"{S3_SCOPE}!user=alice@egi.eu" in held, held
     res = json.loads(out.read_text())
     assert "error" not in res, res.get("error")
     assert res["ref-data:ref-data"] == {"read": True, "write": "AccessDenied"}
@@ -272,3 +347,21 @@ async def test_spawned_server_process_reaches_exactly_granted_buckets(checkin_hu
     assert res["default:other-vo"] == {"read": "AccessDenied", "write": "AccessDenied"}
     await user.stop()
     assert "AWS_CONTAINER_CREDENTIALS_FULL_URI" not in user.spawner.environment
+
+
+def test_configure_declares_the_s3_scope_for_users_and_their_servers(tmp_path):
+    """configure() declares custom:s3-credentials; users hold it for themselves (beside the broker's scopes on
+    the `user` role) and the `server` role gives it to servers' tokens."""
+    from traitlets.config import Config
+    from jhub_broker import configure
+    c = configure(Config(), environments_root=str(tmp_path), admin_users=["admin"])
+    jh = c.JupyterHub
+    assert S3_SCOPE in jh.custom_scopes and jh.custom_scopes[S3_SCOPE]["description"]
+    roles = {r["name"]: r for r in jh.load_roles}
+    assert OWN_S3_SCOPE in roles["user"]["scopes"] and "self" in roles["user"]["scopes"]
+    assert "custom:broker-environments:view" in roles["user"]["scopes"]
+    assert set(roles["server"]["scopes"]) == {"users:activity!user", "access:servers!server", OWN_S3_SCOPE}
+    # without the broker no `user` role is loaded: the scope goes to extra_user_scopes instead
+    c = configure(Config(), broker=False)
+    assert OWN_S3_SCOPE in c.JupyterHub.extra_user_scopes
+    assert "user" not in {r["name"] for r in c.JupyterHub.load_roles}

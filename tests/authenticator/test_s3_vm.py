@@ -130,6 +130,11 @@ async def test_kernel_on_a_vm_reaches_exactly_the_granted_buckets(vm_checkin_hub
         console = await spawner.lifecycle.console_tail(spawner.server_id, 60) if spawner.server_id else ""
         raise AssertionError(f"alice's VM did not start: {model}\n{console}")
     assert spawner.environment["JHUB_BROKER_S3_PROFILES"].split() == ["default", "ref-data", "team-analysis"]
+    # the OpenStackSpawner asked for the S3 scope: the VM's token may fetch alice's credentials, and only hers
+    from jupyterhub import orm
+    from jupyterhub.scopes import get_scopes_for
+    held = get_scopes_for(orm.APIToken.find(app.db, spawner.api_token))
+    assert f"custom:s3-credentials!user={USER}" in held, held
 
     # user_data carried the helper (no credentials: those come from the hub at run time)
     import base64

@@ -7,6 +7,10 @@ Config (JSON handed to ``provider.mjs``)::
      "clients": [{"client_id": ..., "client_secret": ..., "redirect_uris": [...],
                   "grant_types"?: [...], "response_types"?: [...]}],   (default: code + refresh_token)
      "ttl": {"access_token": 3600, "refresh_token": 86400}}
+
+Accounts (``accounts_file``): ``{"accounts": [{"username", "password", "sub", "name", "email", "entitlements",
+"groups"?}]}``; ``groups`` becomes a ``groups`` claim (profile scope). As Check-in does, every authorization
+request must carry a PKCE ``code_challenge`` (S256 only): one without is sent back with ``invalid_request``.
 """
 import json
 import os

@@ -39,13 +39,15 @@ const provider = new Provider(`http://${cfg.host}:${cfg.port}${prefix}`, {
   scopes: ['openid', 'profile', 'email', 'eduperson_entitlement', 'offline_access', 'voperson_id'],
   claims: {
     openid: ['sub'],
-    profile: ['name', 'given_name', 'family_name', 'preferred_username'],
+    // `groups` only for accounts that have one (Check-in sends none; other OIDC providers do)
+    profile: ['name', 'given_name', 'family_name', 'preferred_username', 'groups'],
     email: ['email', 'email_verified'],
     eduperson_entitlement: ['eduperson_entitlement'],
     voperson_id: ['voperson_id'],
   },
   conformIdTokenClaims: false,   // Check-in puts eduperson_entitlement in the id_token too
-  pkce: { required: () => false },
+  // as Check-in: every authorization-code request must carry a PKCE challenge (oidc-provider takes S256 only)
+  pkce: { required: () => true },
   features: {
     devInteractions: { enabled: false },
     revocation: { enabled: true },
@@ -72,6 +74,7 @@ const provider = new Provider(`http://${cfg.host}:${cfg.port}${prefix}`, {
           sub: a.sub, voperson_id: a.sub, name: a.name, preferred_username: a.username,
           given_name: a.name?.split(' ')[0], family_name: a.name?.split(' ').slice(1).join(' '),
           email: a.email, email_verified: true, eduperson_entitlement: a.entitlements || [],
+          ...(a.groups ? { groups: a.groups } : {}),
         };
       },
     };
