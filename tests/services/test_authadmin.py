@@ -603,12 +603,16 @@ def free_port():
 
 
 @contextlib.contextmanager
-def running_hub(prefix, configure_call, extra="", forbidden=()):
+def running_hub(prefix, configure_call, extra="", forbidden=(), port=None, cgroup=""):
     """A real ``python -m jupyterhub`` (tests/services/hubctl.py) in a fresh directory, configured by
     ``configure_call`` (a ``jhub_broker.configure(c, ...)`` line that may use ``{d}``) plus ``extra``; stopped
-    at the end, when none of ``forbidden`` may appear in its log. Yields ``(dir, url)``."""
+    at the end, when none of ``forbidden`` may appear in its log. With ``cgroup`` (a cgroup v2 directory) the hub
+    runs in it and hubctl's restart kills all of it. Yields ``(dir, url)``."""
     d = world_readable_tmpdir(prefix)
-    port, hub_port, api_port = free_port(), free_port(), free_port()
+    if cgroup:
+        with open(os.path.join(d, "hub.cgroup"), "w") as f:
+            f.write(cgroup)
+    port, hub_port, api_port = port or free_port(), free_port(), free_port()
     write_config(os.path.join(d, "jupyterhub_config.py"), configure_call.replace("{d}", d) + f"""
 c.JupyterHub.bind_url = "http://127.0.0.1:{port}/"
 c.JupyterHub.hub_port = {hub_port}
