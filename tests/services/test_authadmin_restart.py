@@ -27,6 +27,7 @@ from tests.services.test_authadmin import (HUBCTL, OIDC_ID, OIDC_SECRET, Client,
                                            wait_restart, world_readable_tmpdir)
 
 FRAGMENT = "conf.d/50-jhub-broker-auth.py"
+ENV_DUMP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "envdump.py")
 
 
 def cgroup2_root():
@@ -93,12 +94,18 @@ jhub_broker.configure(c, spawner="jupyterhub.spawner.SimpleLocalProcessSpawner",
                       auth_options={{"issuer": {standin.issuer!r}, "client_id": {OIDC_ID!r},
                                     "client_secret": {OIDC_SECRET!r}, "oauth_callback_url": {callback!r},
                                     "allowed_entitlements": ["vo.example.eu"],
-                                    "admin_entitlements": ["vo.example.eu:role=manager"]}},
+                                    "admin_entitlements": ["vo.example.eu:role=manager"],
+                                    "s3_endpoints": {{"s3": {{"backend": "static", "url": "http://127.0.0.1:9",
+                                                             "secrets_file": "{{d}}/s3-keys.yaml"}}}}}},
                       admin_users=["bob@egi.eu"], environments_root="{{d}}/envs", auth_config_dir="{{d}}/conf.d",
                       restart_timeout=25, restart_command=[sys.executable, {HUBCTL!r}, "restart", "{{d}}"],
                       service_args=["--BrokerService.allow_insecure_login_methods=True",
                                     "--BrokerService.restart_helper_cgroup={cgroups['helper']}"])"""
-    extra = f"c.Authenticator.auto_login = True\nc.JupyterHub.api_tokens = {{{token!r}: 'bob@egi.eu'}}\n"
+    extra = (f"c.Authenticator.auto_login = True\nc.JupyterHub.api_tokens = {{{token!r}: 'bob@egi.eu'}}\n"
+             # a user's server records the environment the hub gave it, then runs (as root: the hub's user)
+             f"c.Spawner.cmd = [sys.executable, {ENV_DUMP!r}]\nc.Spawner.args = ['--allow-root']\n"
+             "c.Spawner.start_timeout = 60\nc.Spawner.http_timeout = 60\n"
+             "c.Spawner.environment['JB_HUB_DIR'] = os.path.dirname(os.path.abspath(__file__))\n")
     try:
         with running_hub("jb-checkin-site-", call, extra, forbidden=[OIDC_SECRET], port=port,
                          cgroup=cgroups["hub"]) as (d, url):
@@ -131,6 +138,72 @@ def first_external_redirect(url):
 async def bob_logs_in(site):
     _, r = await asyncio.to_thread(_browser_login, site.url, "bob", "bob-pw")
     return r.status_code == 200 and r.url.startswith(site.url + "/hub/")
+
+
+async def hub_api(site, method, path, **kw):
+    r = await site.client.request(method, "/hub/api/" + path, token=site.token, **kw)
+    assert r.status_code < 400, (method, path, r.status_code, r.text[:300])
+    return r.json() if r.text else None
+
+
+async def server_env(site, name):
+    """Start ``name``'s server; the environment the hub gave it; stop it."""
+    path = os.path.join(site.dir, f"server-env-{name}.json")
+    if os.path.exists(path):
+        os.unlink(path)
+    await hub_api(site, "POST", f"users/{name}/server")
+    deadline = time.monotonic() + 90
+    while not (await hub_api(site, "GET", f"users/{name}"))["servers"].get("", {}).get("ready"):
+        assert time.monotonic() < deadline, f"{name}'s server did not start"
+        await asyncio.sleep(0.5)
+    with open(path) as f:
+        env = json.load(f)
+    await hub_api(site, "DELETE", f"users/{name}/server")
+    while (await hub_api(site, "GET", f"users/{name}"))["servers"]:
+        assert time.monotonic() < deadline + 60, f"{name}'s server did not stop"
+        await asyncio.sleep(0.5)
+    return env
+
+
+async def broker(site, method, path, body):
+    r = await site.client.request(method, "/services/broker/api/" + path, token=site.token, json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_vo_rules_and_s3_grants_edited_live_apply_at_the_next_login(site):
+    """carol is in vo.other.eu only (her vo.example.eu entitlement comes from another authority)."""
+    await site.client.wait_for("/services/broker/api/health", timeout=120)
+    pid = open(os.path.join(site.dir, "hub.pid")).read()
+
+    async def carol_logs_in():
+        _, r = await asyncio.to_thread(_browser_login, site.url, "carol", "carol-pw")
+        return r.status_code == 200 and r.url.startswith(site.url + "/hub/")
+
+    assert not await carol_logs_in()
+    await broker(site, "PUT", "auth/rules", {"allowed_entitlements": ["vo.other.eu"]})
+    assert await carol_logs_in(), "a new VO rule lets carol in at her next login"
+    assert (await hub_api(site, "GET", "users/carol@egi.eu"))["admin"] is False
+    assert "JHUB_BROKER_S3_PROFILES" not in await server_env(site, "carol@egi.eu")  # no grant yet
+
+    await broker(site, "PUT", "auth/s3-grants", {"grants": [
+        {"bucket": "other-vo-data", "level": "read", "entitlements": ["vo.other.eu"]},
+        {"bucket": "example-only", "level": "write", "entitlements": ["vo.example.eu"]}]})
+    await broker(site, "PUT", "auth/rules", {"admin_entitlements": ["vo.other.eu:role=member"]})
+    assert await carol_logs_in()
+    assert (await hub_api(site, "GET", "users/carol@egi.eu"))["admin"] is True, "admin rule at the next login"
+    env = await server_env(site, "carol@egi.eu")
+    assert env["JHUB_BROKER_S3_PROFILES"].split() == ["default", "other-vo-data"], "the new grant, only it"
+    assert "[profile other-vo-data]" in env["JHUB_BROKER_AWS_CONFIG"]
+
+    # taking the rules back applies at the next login too
+    await broker(site, "PUT", "auth/rules", {"admin_entitlements": []})
+    assert await carol_logs_in()
+    assert (await hub_api(site, "GET", "users/carol@egi.eu"))["admin"] is False
+    await broker(site, "PUT", "auth/rules", {"allowed_entitlements": []})
+    assert not await carol_logs_in()
+    assert await bob_logs_in(site), "the configured rules still hold"
+    assert open(os.path.join(site.dir, "hub.pid")).read() == pid, "all of it without a hub restart"
 
 
 async def test_a_switch_that_locks_the_admin_out_is_rolled_back_although_the_hub_answers(site):
@@ -197,3 +270,21 @@ def test_helper_that_cannot_leave_the_hub_cgroup_changes_nothing(tmp_path):
     status = settings.get(db, "restart_status")
     assert status["state"] == "failed" and "could not leave the hub's cgroup" in status["message"], status
     assert settings.get(db, "method")["kind"] == "pam"
+
+
+def test_systemd_run_command_runs_the_helper_as_its_own_unit(monkeypatch):
+    """Where systemd is PID 1 (not on this machine: only the command line is checked), the helper becomes a
+    transient unit outside the hub's unit, removed when done; no secret goes into the unit's environment (which
+    `systemctl show` displays)."""
+    from jhub_broker.services.authadmin.apply import systemd_run_command
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", "crypt-key-must-not-leak")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "token-must-not-leak")
+    monkeypatch.setenv("PYTHONPATH", "/srv/site")
+    cmd = systemd_run_command("jhub-broker-restart-1", ["/usr/bin/python3", "-m", "x", "/etc/j/.job"],
+                              "/etc/j/50-auth.py.restart.log")
+    assert cmd[0] == "systemd-run" and "--unit=jhub-broker-restart-1" in cmd and "--collect" in cmd
+    assert ("--user" in cmd) == (os.geteuid() != 0)
+    assert "--property=StandardError=append:/etc/j/50-auth.py.restart.log" in cmd
+    assert "--setenv=PYTHONPATH=/srv/site" in cmd
+    assert cmd[-4:] == ["/usr/bin/python3", "-m", "x", "/etc/j/.job"]
+    assert "must-not-leak" not in " ".join(cmd)
