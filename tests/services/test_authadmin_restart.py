@@ -1,9 +1,9 @@
 """The restart after a login-method change, against a real hub on EGI Check-in (the stand-in) that its restart
 command restarts the way systemd does: every process of the hub's cgroup is killed.
 
-- a switch after which the bootstrap admin could not log in (Dummy behind ``auto_login``: /hub/login answers 500
-  while the hub API answers 200) is rolled back; an OAuth switch is checked against the provider it must send
-  users to;
+- a switch after which the bootstrap admin could not log in (an issuer URL with a typo: the hub API answers 200,
+  the login answers 500) is rolled back; an OAuth switch is checked against the provider it must send users to;
+  Dummy (allowed here by the operator) serves its form although the site sets ``auto_login`` for Check-in;
 - the restart helper leaves the hub's cgroup (``BrokerService.restart_helper_cgroup``), so it survives the kill and
   still rolls back.
 
@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from tests.authenticator.conftest import _browser_login
-from tests.services.test_authadmin import (HUBCTL, OIDC_ID, OIDC_SECRET, Client, free_port, running_hub,
+from tests.services.test_authadmin import (HUBCTL, OIDC_ID, OIDC_SECRET, Client, alogin, free_port, running_hub,
                                            wait_restart, world_readable_tmpdir)
 
 FRAGMENT = "conf.d/50-jhub-broker-auth.py"
@@ -212,12 +212,15 @@ async def test_a_switch_that_locks_the_admin_out_is_rolled_back_although_the_hub
     assert len(hub_pids) >= 3, "the hub, its proxy and the broker run in the hub's cgroup"
     assert await bob_logs_in(site), "the bootstrap admin logs in through Check-in"
 
-    # Dummy under the site's auto_login: the hub starts and its API answers, but /hub/login answers 500
-    status = await switch(site, {"kind": "dummy"})
+    # an issuer URL with a typo: the configuration validates, the hub starts and its API answers, but the login
+    # (discovery at /hub/oauth_login) fails, so nobody could log in
+    typo = f"http://127.0.0.1:{free_port()}/auth/realms/egi"
+    status = await switch(site, {"kind": "generic-oidc", "issuer": typo, "client_id": OIDC_ID,
+                                 "client_secret": OIDC_SECRET, "oauth_callback_url": site.callback})
     assert status["state"] == "rolled-back", status
     assert "bootstrap admin could not log in" in status["message"] and "HTTP 500" in status["message"], status
     assert not os.path.exists(os.path.join(site.dir, FRAGMENT)), "back to jupyterhub_config.py's method"
-    # the helper ran in its own cgroup; the restarts killed the whole hub cgroup twice, yet it rolled back
+    # the helper ran in its own cgroup; both restarts killed the whole hub cgroup, yet it rolled back
     log = open(os.path.join(site.dir, FRAGMENT + ".restart.log")).read()
     assert f"moved into cgroup {site.cgroups['helper']}" in log
     assert not hub_pids & set(procs(site.cgroups["hub"])), "every process of the old hub was killed"
@@ -227,6 +230,7 @@ async def test_a_switch_that_locks_the_admin_out_is_rolled_back_although_the_hub
     audit = (await site.client.request("GET", "/services/broker/api/auth/audit", token=site.token)).json()
     assert any(a["action"] == "auth:restart" and a["result"] == "failed" and "could not log in" in a["detail"]
                for a in audit["actions"])
+    assert OIDC_SECRET not in log
 
 
 async def test_an_oauth_switch_is_checked_against_its_provider(site):
@@ -241,6 +245,19 @@ async def test_an_oauth_switch_is_checked_against_its_provider(site):
     assert isinstance(to, str) and to.startswith(site.standin.issuer), to
     assert await bob_logs_in(site), "the bootstrap admin logs in with the new method"
     assert os.path.exists(os.path.join(site.dir, FRAGMENT))
+
+
+async def test_dummy_where_allowed_serves_its_form_despite_auto_login(site):
+    """The operator allowed Dummy; the site's auto_login (for Check-in) no longer turns /hub/login into a 500, and
+    the bootstrap admin gets in although the Check-in site lets no existing user in by name."""
+    await site.client.wait_for("/services/broker/api/health", timeout=120)
+    status = await switch(site, {"kind": "dummy", "password": "Shared-Demo-Password-1"})
+    assert status["state"] == "ok" and "the login form is served" in status["message"], status
+    r = await site.client.request("GET", "/hub/login")
+    assert r.status_code == 200 and 'type="password"' in r.text
+    assert (await alogin(site.url, "bob@egi.eu", "Shared-Demo-Password-1"))[1], \
+        "the bootstrap admin logs in (the site lets nobody in by name but its admins)"
+    assert not (await alogin(site.url, "bob@egi.eu", "wrong"))[1]
 
 
 def test_helper_that_cannot_leave_the_hub_cgroup_changes_nothing(tmp_path):

@@ -130,10 +130,11 @@ class MethodApplier:
                   "message": "restart requested"}
         settings.put(db, "restart_status", status, user)
         db.commit()
-        self._start_helper({"command": self.restart_command, "check_url": self.check_url, "timeout": self.timeout,
-                            "fragment": self.fragment_path, "backup": backup, "previous_method": previous,
-                            "db_url": self.db_url, "user": user, "kind": record["kind"], "started": now,
-                            "login_url": self.login_url, "login": methods.login_expectation(record)})
+        job = {"command": self.restart_command, "check_url": self.check_url, "timeout": self.timeout,
+               "fragment": self.fragment_path, "backup": backup, "previous_method": previous,
+               "db_url": self.db_url, "user": user, "kind": record["kind"], "started": now,
+               "login_url": self.login_url, "login": methods.login_expectation(record)}
+        await asyncio.to_thread(self._start_helper, job)  # systemd-run may take a moment
         return status
 
     def _start_helper(self, job):
@@ -147,6 +148,8 @@ class MethodApplier:
         with os.fdopen(fd, "w") as f:
             json.dump(job, f)
         log_path = self.fragment_path + ".restart.log"
+        os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.chmod(log_path, 0o600)  # the restart command's output may say more than pages do
         helper = [self.python, "-m", "jhub_broker.services.authadmin.restart", path]
         if not self.helper_cgroup and systemd_booted():
             unit = "jhub-broker-restart-" + job["started"].replace(":", "").replace(".", "").replace("-", "")[:24]
@@ -162,7 +165,6 @@ class MethodApplier:
             self._say("systemd-run failed (%s): the restart helper runs in a session of its own, and a restart "
                       "that kills the hub's whole cgroup will kill it too", why, warn=True)
         with open(log_path, "ab") as out:
-            os.chmod(log_path, 0o600)
             # its own session: a hub stop that signals the service's process group spares it; the hub's cgroup
             # is left by the helper itself when a cgroup is configured
             subprocess.Popen(helper, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,

@@ -185,6 +185,10 @@ def render_fragment(record, user):
         "",
         f"c.JupyterHub.authenticator_class = {cls!r}",
     ]
+    if not spec["oauth"]:
+        # a password form: an auto_login set in jupyterhub_config.py for an OAuth method (the demo's Check-in)
+        # would make /hub/login authenticate without the form, a 500 that locks everyone out
+        lines.append(f"c.{section}.auto_login = False")
     for name, value in sorted(record.get("settings", {}).items()):
         lines.append(f"c.{section}.{name} = {value!r}")
     for name, token in sorted(record.get("secrets", {}).items()):
