@@ -7,8 +7,8 @@ command restarts the way systemd does: every process of the hub's cgroup is kill
 - the restart helper leaves the hub's cgroup (``BrokerService.restart_helper_cgroup``), so it survives the kill and
   still rolls back.
 
-The cgroup is a real cgroup v2 directory; the test is skipped where none can be made (there is no systemd here:
-``hubctl.py`` plays ``systemctl restart`` with ``cgroup.kill``).
+The cgroup is a real cgroup v2 directory (there is no systemd here: ``hubctl.py`` plays ``systemctl restart`` with
+``cgroup.kill``); where none can be made the site runs without one and only the cgroup checks are left out.
 """
 import asyncio
 import json
@@ -56,9 +56,12 @@ def procs(cg):
 
 @pytest.fixture(scope="module")
 def cgroups():
+    """The hub's cgroup and the helper's sibling one; None where no cgroup can be made (the site then runs without,
+    and only the cgroup checks are left out)."""
     root = cgroup2_root()
     if root is None:
-        pytest.skip("no writable cgroup v2 hierarchy to run the hub in")
+        yield None
+        return
     top = os.path.join(root, f"jb-auth-{os.getpid()}-{secrets.token_hex(3)}")
     os.mkdir(top)
     hub = os.path.join(top, "hub")
@@ -100,7 +103,7 @@ jhub_broker.configure(c, spawner="jupyterhub.spawner.SimpleLocalProcessSpawner",
                       admin_users=["bob@egi.eu"], environments_root="{{d}}/envs", auth_config_dir="{{d}}/conf.d",
                       restart_timeout=25, restart_command=[sys.executable, {HUBCTL!r}, "restart", "{{d}}"],
                       service_args=["--BrokerService.allow_insecure_login_methods=True",
-                                    "--BrokerService.restart_helper_cgroup={cgroups['helper']}"])"""
+                                    "--BrokerService.restart_helper_cgroup={(cgroups or {}).get('helper', '')}"])"""
     extra = (f"c.Authenticator.auto_login = True\nc.JupyterHub.api_tokens = {{{token!r}: 'bob@egi.eu'}}\n"
              # a user's server records the environment the hub gave it, then runs (as root: the hub's user)
              f"c.Spawner.cmd = [sys.executable, {ENV_DUMP!r}]\nc.Spawner.args = ['--allow-root']\n"
@@ -108,7 +111,7 @@ jhub_broker.configure(c, spawner="jupyterhub.spawner.SimpleLocalProcessSpawner",
              "c.Spawner.environment['JB_HUB_DIR'] = os.path.dirname(os.path.abspath(__file__))\n")
     try:
         with running_hub("jb-checkin-site-", call, extra, forbidden=[OIDC_SECRET], port=port,
-                         cgroup=cgroups["hub"]) as (d, url):
+                         cgroup=(cgroups or {}).get("hub", "")) as (d, url):
             yield type("Site", (), {"dir": d, "url": url, "token": token, "client": Client(url), "standin": standin,
                                     "callback": callback, "cgroups": cgroups})()
     finally:
@@ -208,8 +211,9 @@ async def test_vo_rules_and_s3_grants_edited_live_apply_at_the_next_login(site):
 
 async def test_a_switch_that_locks_the_admin_out_is_rolled_back_although_the_hub_answers(site):
     await site.client.wait_for("/services/broker/api/health", timeout=120)
-    hub_pids = set(procs(site.cgroups["hub"]))
-    assert len(hub_pids) >= 3, "the hub, its proxy and the broker run in the hub's cgroup"
+    if site.cgroups:
+        hub_pids = set(procs(site.cgroups["hub"]))
+        assert len(hub_pids) >= 3, "the hub, its proxy and the broker run in the hub's cgroup"
     assert await bob_logs_in(site), "the bootstrap admin logs in through Check-in"
 
     # an issuer URL with a typo: the configuration validates, the hub starts and its API answers, but the login
@@ -220,10 +224,11 @@ async def test_a_switch_that_locks_the_admin_out_is_rolled_back_although_the_hub
     assert status["state"] == "rolled-back", status
     assert "bootstrap admin could not log in" in status["message"] and "HTTP 500" in status["message"], status
     assert not os.path.exists(os.path.join(site.dir, FRAGMENT)), "back to jupyterhub_config.py's method"
-    # the helper ran in its own cgroup; both restarts killed the whole hub cgroup, yet it rolled back
     log = open(os.path.join(site.dir, FRAGMENT + ".restart.log")).read()
-    assert f"moved into cgroup {site.cgroups['helper']}" in log
-    assert not hub_pids & set(procs(site.cgroups["hub"])), "every process of the old hub was killed"
+    if site.cgroups:
+        # the helper ran in its own cgroup; both restarts killed the whole hub cgroup, yet it rolled back
+        assert f"moved into cgroup {site.cgroups['helper']}" in log
+        assert not hub_pids & set(procs(site.cgroups["hub"])), "every process of the old hub was killed"
     assert await bob_logs_in(site), "Check-in is back and the bootstrap admin gets in"
     r = (await site.client.request("GET", "/services/broker/api/auth/method", token=site.token)).json()
     assert r["method"] is None
