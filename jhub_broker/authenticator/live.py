@@ -91,6 +91,10 @@ class LiveSettingsMixin(LoggingConfigurable):
             if not ok:
                 self.log.info("Only admins may log in now; refusing %s", username)
             return ok
+        if username in self.admin_users:
+            # bootstrap (and live) admins get in with any method: JupyterHub only lets them in through
+            # allowed_users, which a switch away from Check-in (allow_existing_users off) leaves empty
+            return True
         return await maybe_future(super().check_allowed(username, auth_model))
 
     async def is_admin(self, handler, authentication):

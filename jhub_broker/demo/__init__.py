@@ -284,7 +284,7 @@ def write_hub_config(state_dir, port, clouds_yaml, checkin=None, s3=None):
                                    s3=s3_text)
     else:
         auth = DUMMY_AUTH
-    extra = []
+    extra = ["--BrokerService.allow_insecure_login_methods=True"]  # a demo may switch to Dummy login
     if os.geteuid() == 0 and not _others_can_traverse(state_dir):
         # run as root under a private directory (e.g. ~root): the service's smoke test cannot run as
         # 'nobody' there, so it runs as the demo's own user (the VMs build their own copies anyway)

@@ -14,6 +14,7 @@ from . import handlers as h
 from .authadmin.apply import MethodApplier
 from .authadmin.handlers import routes as authadmin_routes
 from .authadmin.hubapi import HubAPI
+from .authadmin.traits import AuthAdminTraits
 from .db import make_session_factory
 from .environments.builder import python_version
 from .environments.manager import EnvironmentManager
@@ -21,7 +22,7 @@ from .environments.manager import EnvironmentManager
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "templates")
 
 
-class BrokerService(Application):
+class BrokerService(Application, AuthAdminTraits):
     name = "jhub-broker-service"
     description = "Shared Python environments as a JupyterHub service."
 
@@ -173,10 +174,12 @@ class BrokerService(Application):
         hub_prefix = os.environ.get("JUPYTERHUB_BASE_URL", "/")
         fragment = os.path.join(self.auth_config_dir, self.auth_fragment_name) if self.auth_config_dir else ""
         applier = MethodApplier(fragment, self.restart_command, self.hub_check_url, self.db_url_resolved,
-                                timeout=self.restart_timeout, keep_backups=self.auth_keep_backups, log=self.log)
+                                timeout=self.restart_timeout, keep_backups=self.auth_keep_backups, log=self.log,
+                                login_url=self.hub_login_url, helper_cgroup=self.restart_helper_cgroup)
         return web.Application(
             routes, manager=self.manager, service_prefix=prefix, render=render, xsrf_cookies=True,
             hub_api=HubAPI(), method_applier=applier, config_admins=list(self.config_admin_users),
+            allow_insecure_login_methods=self.allow_insecure_login_methods,
             cookie_secret=os.urandom(32), static_path=os.path.join(TEMPLATES, "static"),
             static_url_prefix=url_path_join(prefix, "static/"), hub_home=url_path_join(hub_prefix, "hub/home"))
 

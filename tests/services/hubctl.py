@@ -4,6 +4,10 @@
 
 ``DIR`` holds ``jupyterhub_config.py``; the hub's pid goes to ``DIR/hub.pid``, its output to ``DIR/hub.log``.
 ``restart`` returns once the old hub has exited and the new one is launched (like ``systemctl restart``).
+
+With a ``DIR/hub.cgroup`` file naming a cgroup v2 directory, the hub (and so its proxy and services) runs in that
+cgroup, and ``stop`` kills every process in it (``cgroup.kill``), as systemd's default KillMode=control-group does
+on ``systemctl restart``: whatever the hub started and did not move out of its cgroup dies with it.
 """
 import os
 import signal
@@ -12,7 +16,30 @@ import sys
 import time
 
 
+def hub_cgroup(d):
+    try:
+        with open(os.path.join(d, "hub.cgroup")) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def kill_cgroup(cg):
+    with open(os.path.join(cg, "cgroup.kill"), "w") as f:
+        f.write("1")
+    for _ in range(300):
+        with open(os.path.join(cg, "cgroup.procs")) as f:
+            if not f.read().split():
+                print(f"hubctl: killed every process of cgroup {cg}", file=sys.stderr, flush=True)
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"processes left in {cg}")
+
+
 def stop(d):
+    cg = hub_cgroup(d)
+    if cg:
+        return kill_cgroup(cg)
     try:
         with open(os.path.join(d, "hub.pid")) as f:
             pid = int(f.read())
@@ -35,9 +62,16 @@ def stop(d):
 
 
 def start(d):
+    cg = hub_cgroup(d)
+
+    def join():  # in the child, before exec: the hub and everything it starts live in the hub's cgroup
+        with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+            f.write("0")
+
     with open(os.path.join(d, "hub.log"), "ab") as log:
         p = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", os.path.join(d, "jupyterhub_config.py")],
-                             cwd=d, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                             cwd=d, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                             preexec_fn=join if cg else None)
     with open(os.path.join(d, "hub.pid"), "w") as f:
         f.write(str(p.pid))
 

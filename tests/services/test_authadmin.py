@@ -229,7 +229,9 @@ async def test_forms_need_xsrf_pages_escape_and_secrets_stay_hidden(auth_hub):
         good = s.post(base + "api/auth/allowed-users", data={"name": "dave", "_xsrf": xsrf}, allow_redirects=False)
         # a method change without a restart command: written, validated, "restart the hub yourself"
         method = s.post(base + "api/auth/method", allow_redirects=False, data={
-            "_xsrf": xsrf, "kind": "dummy", "password": SECRET, "login_service": "<b>Our</b> hub"})
+            "_xsrf": xsrf, "kind": "gitlab", "gitlab_url": "https://gitlab.example.org", "client_id": "hub",
+            "client_secret": SECRET, "oauth_callback_url": "https://hub.example.org/hub/oauth_callback",
+            "login_service": "<b>Our</b> hub"})
         pages = {p: s.get(base + p, timeout=30) for p in ("auth", "auth/method", "auth/audit")}
         return no_xsrf, evil, good, method, pages
 
@@ -247,13 +249,13 @@ async def test_forms_need_xsrf_pages_escape_and_secrets_stay_hidden(auth_hub):
     assert "pending-restart" in m and "Needs a hub restart" in m
     assert "dave" in pages["auth"].text
     st = (await hub.api("GET", "auth/method")).json()
-    assert st["method"]["secrets"]["password"].startswith("••••") and SECRET not in str(st)
+    assert st["method"]["secrets"]["client_secret"].startswith("••••") and SECRET not in str(st)
     fragment = open(os.path.join(hub.dir, "conf.d", "50-jhub-broker-auth.py")).read()
-    assert "LiveDummyAuthenticator" in fragment and SECRET not in fragment
+    assert "LiveGitLabOAuthenticator" in fragment and SECRET not in fragment
     # the encrypted secret is what the hub loads
     from traitlets.config import PyFileConfigLoader
     cfg = PyFileConfigLoader("50-jhub-broker-auth.py", path=os.path.join(hub.dir, "conf.d")).load_config()
-    assert cfg.LiveDummyAuthenticator.password == SECRET
+    assert cfg.LiveGitLabOAuthenticator.client_secret == SECRET
 
 
 # ---------------------------------------------------------------- the OAuth test, against the Check-in stand-in
@@ -361,7 +363,7 @@ async def test_oauth_test_tells_a_working_client_from_each_mistake(auth_hub, sta
     assert res["ok"] is False and f"set the issuer URL to {standin.issuer}" in res["steps"][0]["detail"]
 
     # not OAuth; and a secret left empty with no stored secret of this method
-    r = await test({"kind": "dummy"})
+    r = await test({"kind": "pam"})
     assert r.status_code == 400 and "not an OAuth method" in r.json()["message"]
     r = await test(oidc_form(standin.issuer, secret=""))
     assert r.status_code == 400 and "Client secret is required" in r.json()["message"]
@@ -486,6 +488,112 @@ async def test_oauth_check_times_out_and_never_repeats_the_secret():
 
 
 
+
+async def test_dummy_login_is_not_offered_unless_the_operator_allows_it(auth_hub):
+    """Dummy lets anyone in as any allowed name (admins too): off unless BrokerService allows it."""
+    hub = auth_hub
+    fragment = os.path.join(hub.dir, "conf.d", "50-jhub-broker-auth.py")
+    before = open(fragment).read() if os.path.exists(fragment) else None
+    offered = (await hub.api("GET", "auth/method")).json()["methods"]
+    assert "dummy" not in offered and {"egi-checkin", "generic-oidc", "gitlab", "azuread", "native", "pam"} <= \
+        set(offered)
+    for body in ({"kind": "dummy"}, {"kind": "dummy", "password": SECRET}):
+        r = await hub.api("POST", "auth/method", json=body)
+        assert r.status_code == 400, r.text
+        assert "BrokerService.allow_insecure_login_methods" in r.json()["message"] and SECRET not in r.text
+
+    def page_flow():
+        s, xsrf = _browser(hub, "admin")
+        page = s.get(hub.client.base + hub.service + "auth/method", timeout=30)
+        form = s.post(hub.client.base + hub.service + "api/auth/method", allow_redirects=False, timeout=60,
+                      data={"_xsrf": xsrf, "kind": "dummy", "password": SECRET})
+        return page, form
+    page, form = await asyncio.to_thread(page_flow)
+    assert page.status_code == 200 and 'value="dummy"' not in page.text and "Dummy (tests" not in page.text
+    assert 'id="insecure-not-offered"' in page.text
+    assert form.status_code == 400 and "allow_insecure_login_methods" in form.text and SECRET not in form.text
+    assert (open(fragment).read() if os.path.exists(fragment) else None) == before
+
+
+BAD_NAMES = ["bob@egi.eu\x00", "\u202ebob@egi.eu", "bob\u200b@egi.eu", "bob\x1b[31m@egi.eu", "bob\u2028x"]
+
+
+async def test_usernames_with_control_or_bidi_characters_are_refused(auth_hub):
+    hub = auth_hub
+    from urllib.parse import quote
+    for name in BAD_NAMES:
+        for path in ("auth/allowed-users", "auth/admins"):
+            r = await hub.api("POST", path, json={"name": name})
+            assert r.status_code == 400, (path, repr(name), r.status_code, r.text[:300])
+            msg = r.json()["message"]
+            assert "control or invisible character U+" in msg and "type the name without it" in msg, msg
+        for path in (f"auth/allowed-users/{quote(name, safe='')}", f"auth/admins/{quote(name, safe='')}"):
+            r = await hub.api("DELETE", path)
+            assert r.status_code == 400, (path, r.status_code, r.text[:300])
+
+    def form():  # the page's form: the same 400, on an HTML page
+        s, xsrf = _browser(hub, "admin")
+        return s.post(hub.client.base + hub.service + "api/auth/allowed-users", allow_redirects=False,
+                      data={"_xsrf": xsrf, "name": "\u202eadmin"}, timeout=30)
+    r = await asyncio.to_thread(form)
+    assert r.status_code == 400 and "U+202E" in r.text and "RIGHT-TO-LEFT OVERRIDE" in r.text
+    st = (await hub.api("GET", "auth")).json()
+    names = [u["name"] for u in st["hub_users"]] + st["live"]["allowed_users"] + st["live"]["admin_users"]
+    assert not [n for n in names if not n.isprintable()], names
+    assert "bob@egi.eu" not in names  # not made under a cleaned-up name either
+
+
+async def test_gitlab_azuread_and_pam_are_configured_and_validated(auth_hub):
+    """Each method through the page's path: built, rendered, validated in a fresh interpreter, written; the
+    hub would load exactly these settings (the authenticator instantiated from the written file)."""
+    from traitlets.config import PyFileConfigLoader
+    from traitlets.utils.importstring import import_item
+    from jhub_broker.services.authadmin.validate import validate
+    hub = auth_hub
+    callback = "https://hub.example.org/hub/oauth_callback"
+    forms = {
+        "gitlab": {"gitlab_url": "https://gitlab.example.org", "allowed_gitlab_groups": "physics\nchem/lab",
+                   "client_id": "gl-app", "client_secret": SECRET, "oauth_callback_url": callback},
+        "azuread": {"tenant_id": "3f2a9c1e-0000-4000-8000-5a1e00000042", "client_id": "az-app",
+                    "client_secret": SECRET, "oauth_callback_url": callback, "username_pattern": "^[a-z.@-]+$"},
+        "pam": {"username_pattern": "^[a-z_][a-z0-9_-]*$"},
+    }
+    d = os.path.join(hub.dir, "conf.d")
+    for kind, form in forms.items():
+        r = await hub.api("POST", "auth/method", json={"kind": kind, **form})
+        assert r.status_code == 202, (kind, r.text)
+        assert r.json()["restart"]["state"] == "pending-restart" and SECRET not in r.text
+        path = os.path.join(d, "50-jhub-broker-auth.py")
+        assert SECRET not in open(path).read()
+        cfg = PyFileConfigLoader("50-jhub-broker-auth.py", path=d).load_config()
+        cls_name = cfg.JupyterHub.authenticator_class
+        assert validate(path, ["client_id"] if kind != "pam" else []) == {"ok": True, "class": cls_name,
+                                                                         "errors": []}
+        auth = import_item(cls_name)(config=cfg)
+        if kind == "gitlab":
+            assert cls_name.endswith("LiveGitLabOAuthenticator")
+            assert auth.authorize_url == "https://gitlab.example.org/oauth/authorize"
+            assert set(auth.allowed_gitlab_groups) == {"physics", "chem/lab"}
+            assert auth.client_id == "gl-app" and auth.client_secret == SECRET
+        elif kind == "azuread":
+            assert cls_name.endswith("LiveAzureAdOAuthenticator")
+            assert auth.authorize_url.startswith(
+                "https://login.microsoftonline.com/3f2a9c1e-0000-4000-8000-5a1e00000042/oauth2/")
+            assert auth.client_secret == SECRET and auth.oauth_callback_url == callback
+            assert auth.validate_username("ann@lab") and not auth.validate_username("Ann Other")
+        else:
+            assert cls_name.endswith("LivePAMAuthenticator")
+            assert auth.validate_username("ann") and not auth.validate_username("Ann")
+    # what each method needs is asked for before anything is written
+    for kind, form, missing in (("gitlab", {**forms["gitlab"], "client_id": ""}, "Client id is required"),
+                                ("azuread", {**forms["azuread"], "tenant_id": ""}, "Tenant id is required"),
+                                ("gitlab", {**forms["gitlab"], "gitlab_url": "gitlab.example.org"}, "http(s) URL"),
+                                ("azuread", {**forms["azuread"], "client_secret": ""}, "Client secret is required"),
+                                ("pam", {"username_pattern": "(["}, "not a regular expression")):
+        r = await hub.api("POST", "auth/method", json={"kind": kind, **form})
+        assert r.status_code == 400 and missing in r.json()["message"], (kind, r.text)
+    assert (await hub.api("GET", "auth/method")).json()["method"]["kind"] == "pam"
+
 # ---------------------------------------------------------------- part 2: a real hub, restarted
 def free_port():
     import socket
@@ -495,12 +603,16 @@ def free_port():
 
 
 @contextlib.contextmanager
-def running_hub(prefix, configure_call, extra="", forbidden=()):
+def running_hub(prefix, configure_call, extra="", forbidden=(), port=None, cgroup=""):
     """A real ``python -m jupyterhub`` (tests/services/hubctl.py) in a fresh directory, configured by
     ``configure_call`` (a ``jhub_broker.configure(c, ...)`` line that may use ``{d}``) plus ``extra``; stopped
-    at the end, when none of ``forbidden`` may appear in its log. Yields ``(dir, url)``."""
+    at the end, when none of ``forbidden`` may appear in its log. With ``cgroup`` (a cgroup v2 directory) the hub
+    runs in it and hubctl's restart kills all of it. Yields ``(dir, url)``."""
     d = world_readable_tmpdir(prefix)
-    port, hub_port, api_port = free_port(), free_port(), free_port()
+    if cgroup:
+        with open(os.path.join(d, "hub.cgroup"), "w") as f:
+            f.write(cgroup)
+    port, hub_port, api_port = port or free_port(), free_port(), free_port()
     write_config(os.path.join(d, "jupyterhub_config.py"), configure_call.replace("{d}", d) + f"""
 c.JupyterHub.bind_url = "http://127.0.0.1:{port}/"
 c.JupyterHub.hub_port = {hub_port}
@@ -526,7 +638,8 @@ def real_hub():
     call = f"""
 jhub_broker.configure(c, spawner="jupyterhub.spawner.SimpleLocalProcessSpawner", authenticator="dummy",
                       admin_users=["admin"], environments_root="{{d}}/envs", auth_config_dir="{{d}}/conf.d",
-                      restart_timeout=25, restart_command=[sys.executable, {HUBCTL!r}, "restart", "{{d}}"])"""
+                      restart_timeout=25, restart_command=[sys.executable, {HUBCTL!r}, "restart", "{{d}}"],
+                      service_args=["--BrokerService.allow_insecure_login_methods=True"])"""
     with running_hub("jb-realhub-", call, f"c.JupyterHub.api_tokens = {{{token!r}: 'admin'}}\n",
                      forbidden=[SECRET]) as (d, url):
         yield type("RealHub", (), {"dir": d, "url": url, "token": token, "client": Client(url)})()

@@ -37,6 +37,10 @@ class AdminHandler(BaseHandler):
         return self.settings["method_applier"]
 
     @property
+    def allow_insecure(self):
+        return bool(self.settings.get("allow_insecure_login_methods"))
+
+    @property
     def config_admins(self):
         return set(self.settings.get("config_admins", ()))
 
@@ -88,6 +92,7 @@ class AdminHandler(BaseHandler):
             "restart": settings.get(self.db, "restart_status", None),
             "restart_configured": self.applier.can_restart,
             "method_changes_enabled": bool(self.applier.fragment_path),
+            "insecure_methods_allowed": self.allow_insecure,
             "live_settings": list(LIVE_KEYS),
             "restart_settings": list(RESTART_KEYS),
         }
@@ -247,14 +252,14 @@ class MethodHandler(AdminHandler):
         self.write_json({"method": methods.masked(settings.get(self.db, "method", None)),
                          "restart": settings.get(self.db, "restart_status", None),
                          "methods": {k: {"label": v["label"], "oauth": v["oauth"], "fields": v["fields"]}
-                                     for k, v in methods.METHODS.items()}})
+                                     for k, v in methods.offered(self.allow_insecure).items()}})
 
     async def post(self):
         user = await self.require_admin()
         if not self.applier.fragment_path:
             raise Conflict("Method changes are disabled: the service has no auth_config_dir.")
         d = self.body()
-        record = methods.build(d.get("kind", ""), d, settings.get(self.db, "method", None))
+        record = methods.build(d.get("kind", ""), d, settings.get(self.db, "method", None), self.allow_insecure)
         status = await self.applier.apply(self.db, record, user["name"])
         self.done({"method": methods.masked(record), "restart": status}, 202, page=self.auth_page("method"))
 
@@ -267,7 +272,7 @@ class MethodTestHandler(AdminHandler):
     async def post(self):
         user = await self.require_admin()
         d = self.body()
-        record = methods.build(d.get("kind", ""), d, settings.get(self.db, "method", None))
+        record = methods.build(d.get("kind", ""), d, settings.get(self.db, "method", None), self.allow_insecure)
         kind = record["kind"]
         if not methods.METHODS[kind]["oauth"]:
             raise ValidationError(f"{methods.METHODS[kind]['label']} is not an OAuth method.")
@@ -331,7 +336,7 @@ class MethodPage(AdminPage):
         self.render_page("auth_method.html", test=None, tested=None, **await self._ns())
 
     async def _ns(self):
-        return {"state": await AdminHandler.state(self), "methods": methods.METHODS,
+        return {"state": await AdminHandler.state(self), "methods": methods.offered(self.allow_insecure),
                 "fragment_path": self.applier.fragment_path,
                 "restart_command": " ".join(self.applier.restart_command)}
 

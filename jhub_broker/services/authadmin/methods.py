@@ -20,6 +20,8 @@ OAUTH = [F("client_id", "Client id", required=True),
 COMMON = [F("username_pattern", "Usernames must match (regular expression)", default="",
             help="Logins with other names are refused. Existing admins must match, or the hub will not start."),
           F("login_service", "Login button label", default="")]
+# a password form has no login button: JupyterHub's Authenticator.login_service is no trait, a value would be lost
+FORM_COMMON = COMMON[:1]
 
 METHODS = {
     "egi-checkin": {"label": "EGI Check-in", "class": LIVE + "LiveCheckinAuthenticator", "oauth": True,
@@ -40,13 +42,25 @@ METHODS = {
                "class": LIVE + "LiveNativeAuthenticator", "oauth": False,
                "fields": [F("open_signup", "Anyone who signs up may log in", kind="bool", default=False),
                           F("minimum_password_length", "Minimum password length", kind="int", default=10)]
-               + COMMON},
+               + FORM_COMMON},
     "pam": {"label": "Local Linux accounts (PAM)", "class": LIVE + "LivePAMAuthenticator", "oauth": False,
-            "fields": COMMON},
+            "fields": FORM_COMMON},
+    # checks no secret of the user's own: any password, or one password shared by everyone, logs in as any
+    # allowed name (admins included); offered only where the operator allows it (BrokerService)
     "dummy": {"label": "Dummy (tests and demos only: any password, or the shared one)",
-              "class": LIVE + "LiveDummyAuthenticator", "oauth": False,
-              "fields": [F("password", "Shared password", kind="secret", default="")] + COMMON},
+              "class": LIVE + "LiveDummyAuthenticator", "oauth": False, "insecure": True,
+              "fields": [F("password", "Shared password", kind="secret", default="")] + FORM_COMMON},
 }
+
+
+INSECURE_HINT = ("set BrokerService.allow_insecure_login_methods = True (e.g. jhub_broker.configure(c, service_args="
+                 "['--BrokerService.allow_insecure_login_methods=True'])) in jupyterhub_config.py, for tests and "
+                 "demos only")
+
+
+def offered(allow_insecure=False):
+    """The methods the page offers and the API accepts."""
+    return {k: v for k, v in METHODS.items() if allow_insecure or not v.get("insecure")}
 
 
 def issuer_of(kind, settings):
@@ -61,6 +75,17 @@ def issuer_of(kind, settings):
     if kind == "azuread":
         return f"https://login.microsoftonline.com/{quote(settings.get('tenant_id', ''), safe='')}/v2.0"
     return ""
+
+
+def login_expectation(record):
+    """What the hub's login must do with ``record`` for the bootstrap admin to log in (see restart.login_works):
+    serve its password form, or send the browser to the configured provider with the configured client."""
+    if not record or not METHODS[record["kind"]]["oauth"]:
+        return {"oauth": False}
+    st = record["settings"]
+    issuer = issuer_of(record["kind"], st)
+    return {"oauth": True, "provider": issuer, "client_id": st.get("client_id", ""),
+            "redirect_uri": st.get("oauth_callback_url", "")}
 
 
 def _coerce(field, raw):
@@ -88,12 +113,16 @@ def _coerce(field, raw):
     return raw
 
 
-def build(kind, data, previous=None):
+def build(kind, data, previous=None, allow_insecure=False):
     """Validated method record ``{"kind", "settings", "secrets"}`` (secrets encrypted) from form/JSON ``data``.
 
-    An empty secret field keeps the stored secret of the same method."""
+    An empty secret field keeps the stored secret of the same method. Methods that check no secret of the user's
+    own (Dummy) are refused unless ``allow_insecure``."""
+    if kind in METHODS and METHODS[kind].get("insecure") and not allow_insecure:
+        raise ValidationError(f"{METHODS[kind]['label']} lets anyone log in as any allowed user, admins included, "
+                              f"so it is not offered on this hub. To allow it, {INSECURE_HINT}.")
     if kind not in METHODS:
-        raise ValidationError(f"Unknown method {str(kind)[:40]!r}; one of {', '.join(METHODS)}.")
+        raise ValidationError(f"Unknown method {str(kind)[:40]!r}; one of {', '.join(offered(allow_insecure))}.")
     prev = previous if previous and previous.get("kind") == kind else {"settings": {}, "secrets": {}}
     settings, secrets = {}, {}
     for f in METHODS[kind]["fields"]:
@@ -156,6 +185,10 @@ def render_fragment(record, user):
         "",
         f"c.JupyterHub.authenticator_class = {cls!r}",
     ]
+    if not spec["oauth"]:
+        # a password form: an auto_login set in jupyterhub_config.py for an OAuth method (the demo's Check-in)
+        # would make /hub/login authenticate without the form, a 500 that locks everyone out
+        lines.append(f"c.{section}.auto_login = False")
     for name, value in sorted(record.get("settings", {}).items()):
         lines.append(f"c.{section}.{name} = {value!r}")
     for name, token in sorted(record.get("secrets", {}).items()):

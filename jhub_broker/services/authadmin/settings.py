@@ -5,6 +5,7 @@ authenticator (:mod:`jhub_broker.authenticator.live`) reads it at every login. E
 """
 import json
 import re
+import unicodedata
 
 from sqlalchemy import select
 
@@ -27,7 +28,22 @@ _PATTERN = re.compile(r"^[A-Za-z0-9_.:*?\[\]=-]{1,255}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
+def _invisible(text):
+    """The first control, format (bidi overrides, zero-width), separator, private-use or unassigned character."""
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") or (
+                unicodedata.category(ch) == "Zs" and ch != " "):
+            return ch
+    return None
+
+
 def validate_username(name):
+    # a name with a NUL, a bidi override or a zero-width character shows as another user's name on every page
+    bad = _invisible(name) if isinstance(name, str) else None
+    if bad is not None:
+        raise ValidationError(f"'{name.encode('unicode_escape').decode()[:80]}' is not a valid username: it "
+                              f"contains the control or invisible character U+{ord(bad):04X} "
+                              f"({unicodedata.name(bad, 'unnamed')}); type the name without it.")
     if not isinstance(name, str) or not _USERNAME.match(name.strip()):
         raise ValidationError(f"{str(name)[:80]!r} is not a valid username (1-255 characters, no spaces, "
                               "slashes, quotes or <>&).")
