@@ -1,6 +1,7 @@
 """Tornado handlers: the REST API (JSON, token or OAuth cookie) and the pages (Jinja2, xsrf)."""
 import asyncio
 import json
+import re
 
 from jupyterhub.services.auth import HubOAuthenticated
 from jupyterhub.utils import url_path_join
@@ -10,7 +11,7 @@ from tornado.iostream import StreamClosedError
 from . import scopes
 from .db import Build
 from .environments.manager import Conflict, NotFound
-from .environments.validation import ValidationError, validate_env_name
+from .environments.validation import ValidationError, shown, validate_env_name
 from .models import action_model, build_model, env_model
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -272,13 +273,19 @@ class RequirementsHandler(BaseHandler):
         self.done({"build": build_model(b.environment, b)}, 202, page=self.env_page(name))
 
 
+def _build_number(value):
+    # str.isdigit() accepts '²' and other digits int() refuses
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,9}", str(value)):
+        raise ValidationError(f"build must be a build number, not {shown(value, 20)}.")
+    return int(value)
+
+
 class LockfileHandler(BaseHandler):
     def get(self, name):
         self.require("view")
         env = self.manager.get_env(self.env_name(name))
         number = self.get_query_argument("build", None)
-        b = self.manager.get_build(env, int(number)) if number and number.isdigit() else \
-            self.manager.current_build(env)
+        b = self.manager.get_build(env, _build_number(number)) if number else self.manager.current_build(env)
         if b is None or not b.lockfile:
             raise NotFound(f"Environment {env.name!r} has no published build yet.")
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
@@ -292,10 +299,7 @@ class RollbackHandler(BaseHandler):
         user = self.require("manage")
         d = self.body()
         number = d.get("build")
-        if number in ("", None):
-            number = None
-        elif not str(number).isdigit():
-            raise ValidationError("build must be a build number.")
+        number = None if number in ("", None) else _build_number(number)
         b = self.manager.rollback(user["name"], self.env_name(name), number)
         self.done({"build": build_model(b.environment, b)}, 200, page=self.env_page(name))
 

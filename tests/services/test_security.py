@@ -12,13 +12,8 @@ import sys
 import pytest
 from cryptography.fernet import Fernet
 
-try:  # imported at collection: imported deep inside a running test, CPython 3.11 may fail to compile it
-    import hypothesis
-    from hypothesis import strategies as st
-except ImportError:  # pragma: no cover - hypothesis is a test extra
-    hypothesis = None
-
 from tests.services.conftest import Client
+from tests.services.fuzz import hypothesis, json_values
 from tests.services.test_authadmin import running_hub
 
 KEY = Fernet.generate_key().decode()
@@ -176,14 +171,8 @@ def test_validation_never_fails_with_anything_but_a_clear_error():
                                                               validate_env_name)
     from jhub_broker.services.handlers import _list
 
-    text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
-        ["six", "six; os_name == 'a\x0bb'", "numpy>=1.26", "a\u2028b", "x\x00", "pkg @ file:///etc"])
-    json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | text,
-                               lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
-                               max_leaves=12)
-
     @hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
-    @hypothesis.given(json_values)
+    @hypothesis.given(json_values())
     def check(value):
         for f in (normalize_requirements, parse_requirement, validate_env_name,
                   lambda v: validate_display_name(v, "default"), lambda v: _list(v, "add")):

@@ -10,10 +10,12 @@ import stat
 import subprocess
 import sys
 
+import pytest
 import requests
 
 from jhub_broker.services.environments.builder import find_uv
 from tests.fixtures.kernel import execute_over_websocket
+from tests.services.fuzz import hypothesis, json_values
 
 ENV = "demo"
 KERNEL = "broker-demo"
@@ -466,7 +468,8 @@ async def test_hostile_json_gets_400_naming_the_field_and_error_pages_keep_their
         assert expected in r.json()["message"], (body, r.json())
     for path, body, field in ((f"environments/{ENV}/packages", {"add": {"x": 1}}, "add"),
                               (f"environments/{ENV}/packages", {"remove": 5}, "remove"),
-                              (f"environments/{ENV}/requirements", {"requirements": {"x": 1}}, "requirements")):
+                              (f"environments/{ENV}/requirements", {"requirements": {"x": 1}}, "requirements"),
+                              (f"environments/{ENV}/rollback", {"build": "²"}, "build")):
         r = await hub.api("POST", path, json=body)
         assert r.status_code == 400 and field in r.json()["message"], (path, r.status_code, r.text[:300])
     # a 100 KB value is not echoed back
@@ -482,6 +485,30 @@ async def test_hostile_json_gets_400_naming_the_field_and_error_pages_keep_their
     assert 'href=""' not in nav
     for link in (hub.base_url + "hub/home", hub.service, hub.service + "history", hub.base_url + "hub/logout"):
         assert f'href="{link}"' in nav, (link, nav)
+
+
+async def test_no_json_body_answers_500(broker_hub):
+    """Property: any JSON value sent to the mutating JSON routes gets 400 (or 404 for the unknown environment)."""
+    if hypothesis is None:
+        pytest.skip("hypothesis is not installed")
+    hub = broker_hub
+    base = hub.client.base + hub.service + "api/"
+    headers = {"Authorization": f"token {hub.token('admin')}"}
+    paths = ["environments/nosuchenv/" + p for p in ("packages", "requirements", "rollback", "drift",
+                                                    "display-name")]
+
+    @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+    @hypothesis.given(json_values())
+    def check(body):
+        for path in paths:
+            r = requests.post(base + path, json=body, headers=headers, timeout=30)
+            assert r.status_code in (400, 404), (path, body, r.status_code, r.text[:300])
+        # a creation that cannot succeed (the name is invalid), whatever else the body holds
+        named = dict(body, name="Not A Name") if isinstance(body, dict) else body
+        r = requests.post(base + "environments", json=named, headers=headers, timeout=30)
+        assert r.status_code == 400, (named, r.status_code, r.text[:300])
+
+    await asyncio.to_thread(check)  # the hub serves on this thread's event loop meanwhile
 
 
 async def test_builds_run_unprivileged_without_the_service_secrets(broker_hub):
