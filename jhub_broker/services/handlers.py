@@ -89,7 +89,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             data = json.loads(self.request.body)
         except ValueError:
             raise web.HTTPError(400, "Request body must be JSON.")
-        except RecursionError:  # the parser's own limit: nothing the service takes nests more than 3 levels
+        except RecursionError:  # the parser hit its own limit: no body the service takes nests deeply
             raise web.HTTPError(400, "Request body is nested too deeply: send a flat JSON object.")
         if not isinstance(data, dict):
             raise web.HTTPError(400, "Request body must be a JSON object.")
