@@ -487,7 +487,7 @@ async def test_hostile_json_gets_400_naming_the_field_and_error_pages_keep_their
         assert f'href="{link}"' in nav, (link, nav)
 
 
-async def test_no_json_body_answers_500(broker_hub):
+async def test_any_json_body_gets_400_or_404_never_500(broker_hub):
     """Property: any JSON value sent to the mutating JSON routes gets 400 (or 404 for the unknown environment)."""
     if hypothesis is None:
         pytest.skip("hypothesis is not installed")
