@@ -9,6 +9,9 @@ import os
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 KEY_ENV = "JUPYTERHUB_CRYPT_KEY"
+# The broker service gets the key as a 0600 file named here (its path, never the key, is in its environment):
+# JupyterHub stores a service's environment in its database.
+KEY_FILE_ENV = "JHUB_BROKER_CRYPT_KEY_FILE"
 
 
 class SecretError(Exception):
@@ -28,12 +31,24 @@ def _fernet_key(key):
     raise SecretError(f"{KEY_ENV} holds a key that is not 32 bytes of base64 or hex")
 
 
+def _key_value(env):
+    value = env.get(KEY_ENV, "")
+    path = env.get(KEY_FILE_ENV, "")
+    if not value.strip() and path:
+        try:
+            with open(path) as f:
+                value = f.read()
+        except OSError as e:
+            raise SecretError(f"the crypt key file {path} cannot be read: {e.strerror}") from None
+    return value
+
+
 def crypter(env=None):
-    value = (env if env is not None else os.environ).get(KEY_ENV, "")
+    value = _key_value(env if env is not None else os.environ)
     keys = [k for k in value.replace(",", ";").split(";") if k.strip()]
     if not keys:
         raise SecretError(f"{KEY_ENV} is not set: secrets cannot be stored encrypted. Set it in the hub's "
-                          "environment (openssl rand -hex 32), it is passed on to the broker service.")
+                          "environment (openssl rand -hex 32), the broker service gets it as a 0600 file.")
     return MultiFernet([Fernet(_fernet_key(k)) for k in keys])
 
 

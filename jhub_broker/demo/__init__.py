@@ -98,6 +98,13 @@ def _write_secret(path, value=None, nbytes=32):
     return value
 
 
+def _private_file(path):
+    """Create ``path`` if missing; either way mode 0600 (logs and the hub's database hold users' data)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+    return path
+
+
 def _crypt_key(state_dir):
     """The hub's auth_state key (32 bytes, hex), kept across demo restarts."""
     path = os.path.join(state_dir, "secrets", "jupyterhub-crypt-key")
@@ -286,9 +293,9 @@ def write_hub_config(state_dir, port, clouds_yaml, checkin=None, s3=None):
         auth = DUMMY_AUTH
     extra = ["--BrokerService.allow_insecure_login_methods=True"]  # a demo may switch to Dummy login
     if os.geteuid() == 0 and not _others_can_traverse(state_dir):
-        # run as root under a private directory (e.g. ~root): the service's smoke test cannot run as
-        # 'nobody' there, so it runs as the demo's own user (the VMs build their own copies anyway)
-        extra.append("--BrokerService.smoke_test_user=")
+        # run as root under a private directory (e.g. ~root): the service's builds and smoke test cannot run
+        # as 'nobody' there, so they run as the demo's own user (still without the service's token or key)
+        extra += ["--BrokerService.smoke_test_user=", "--BrokerService.build_user="]
     text = CONFIG_TEMPLATE.format(state=state_dir, port=port, hub_port=free_port(), proxy_api_port=free_port(),
                                   chp=chp, cloud_name=CLOUD_NAME, clouds_yaml=clouds_yaml, hub_id=HUB_ID,
                                   image=IMAGE, flavor=FLAVORS[0], flavors=FLAVORS, auth=auth.rstrip("\n"),
@@ -296,8 +303,9 @@ def write_hub_config(state_dir, port, clouds_yaml, checkin=None, s3=None):
     text += CHECKIN_EXTRA if checkin is not None else DUMMY_EXTRA
     path = os.path.join(state_dir, "jupyterhub_config.py")
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o600)
     os.replace(tmp, path)
     return path
 
@@ -306,7 +314,9 @@ def launch_hub(state_dir, config_path, crypt_key):
     """Start ``python -m jupyterhub`` in its own session; returns ``(proc, log_path)`` without waiting."""
     env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=crypt_key)
     env["PATH"] = _node_bin() + os.pathsep + env.get("PATH", "")
-    log_path = os.path.join(state_dir, "jupyterhub.log")
+    log_path = _private_file(os.path.join(state_dir, "jupyterhub.log"))
+    # the hub creates its database with the default mode (0644): made first, it keeps 0600 (SQLite's journals too)
+    _private_file(os.path.join(state_dir, "jupyterhub.sqlite"))
     with open(log_path, "ab") as log:
         # own session: the demo forwards Ctrl-C once, and waits for the hub's orderly shutdown
         proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", config_path], cwd=state_dir, env=env,
@@ -531,6 +541,7 @@ def run_demo(args):
     # the state dir stays traversable: the broker service smoke-tests environments as an unprivileged user
     # (nobody, when the demo runs as root); secrets live in secrets/ and checkin/, both 0700
     os.makedirs(state_dir, exist_ok=True)
+    os.chmod(state_dir, 0o711)  # others may pass through (to environments/), not list
     for private in ("secrets", "checkin"):
         os.makedirs(os.path.join(state_dir, private), mode=0o700, exist_ok=True)
         os.chmod(os.path.join(state_dir, private), 0o700)

@@ -61,6 +61,8 @@ def start_demo_cloud(state_dir, host="127.0.0.1", port=0, config=None, timeout=6
            "--host", host, "--port", str(port)]
     if config:
         cmd += ["--config", os.path.abspath(config)]
+    os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(log_path, 0o600)
     with open(log_path, "ab") as log:
         # own session: a Ctrl-C in the terminal reaches the demo, which then stops the cloud
         # (VMs are torn down by the cloud on SIGTERM)

@@ -16,7 +16,7 @@ from .authadmin.handlers import routes as authadmin_routes
 from .authadmin.hubapi import HubAPI
 from .authadmin.traits import AuthAdminTraits
 from .db import make_session_factory
-from .environments.builder import python_version
+from .environments.builder import BUILD_ENV_ALLOW, python_version
 from .environments.manager import EnvironmentManager
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "templates")
@@ -51,6 +51,29 @@ class BrokerService(Application, AuthAdminTraits):
     @default("smoke_test_user")
     def _smoke_test_user(self):
         return "nobody" if os.geteuid() == 0 else ""
+
+    build_user = Unicode(
+        config=True,
+        help="Unprivileged user the installer and packages' build backends (arbitrary code from the index) run as "
+             "when the service runs as root. It owns only the build directory being filled and the installer "
+             "cache; the finished build is handed back to the service's user. Empty: the service's own user. "
+             "Default: 'nobody' when root. The environments root must be traversable by this user.")
+
+    @default("build_user")
+    def _build_user(self):
+        return "nobody" if os.geteuid() == 0 else ""
+
+    build_env_allow = List(
+        Unicode(), list(BUILD_ENV_ALLOW), config=True,
+        help="Environment variables of the service that builds (installer, build backends, smoke test) may see, "
+             "by name or by prefix ending in '*': proxies, package index and TLS settings. Builds always get "
+             "PATH, HOME and LANG; a name containing TOKEN, SECRET, PASSWORD or CRYPT_KEY, or starting with "
+             "JUPYTERHUB_, is never passed, even when listed.")
+    crypt_key_file = Unicode(
+        "", config=True,
+        help="File (mode 0600) holding the hub's JUPYTERHUB_CRYPT_KEY, with which the authentication pages encrypt "
+             "OAuth secrets for the hub's authenticator. service_config() writes it and passes its path; the key "
+             "itself is never in the service's environment (JupyterHub stores that in its database).")
 
     max_parallel_builds = Integer(1, config=True, help="Builds running at the same time.")
     initial_environments = List(
@@ -136,17 +159,28 @@ class BrokerService(Application, AuthAdminTraits):
         os.chmod(root, 0o755)
         os.makedirs(data_dir, mode=0o755, exist_ok=True)
         os.chmod(data_dir, 0o755)
+        if self.crypt_key_file:
+            from ..authenticator.secrets import KEY_FILE_ENV
+            # a path, not the key: the secrets module and the fragment validator (a child) read the file
+            os.environ[KEY_FILE_ENV] = os.path.abspath(self.crypt_key_file)
         db_url = self.db_url
         if not db_url:
             state = os.path.join(root, ".state")
             os.makedirs(state, mode=0o700, exist_ok=True)
-            db_url = "sqlite:///" + os.path.join(state, "broker.sqlite")
+            os.chmod(state, 0o700)
+            db_path = os.path.join(state, "broker.sqlite")
+            # SQLite gives its journal files the database file's mode
+            os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.chmod(db_path, 0o600)
+            db_url = "sqlite:///" + db_path
         self.db_url_resolved = db_url
         self.session_factory = make_session_factory(db_url)
         self.manager = EnvironmentManager(self.session_factory, root, os.path.join(data_dir, "kernels"),
                                           self.pythons, installer=self.installer, keep_builds=self.keep_builds,
                                           max_parallel_builds=self.max_parallel_builds,
-                                          smoke_user=self.smoke_test_user or None)
+                                          smoke_user=self.smoke_test_user or None,
+                                          build_user=self.build_user or None,
+                                          build_env_allow=self.build_env_allow)
         self._recover()
 
     def _recover(self):
@@ -172,6 +206,9 @@ class BrokerService(Application, AuthAdminTraits):
 
         routes = h.routes(prefix) + authadmin_routes(prefix)
         hub_prefix = os.environ.get("JUPYTERHUB_BASE_URL", "/")
+        # every page, error pages included, gets the navigation's links
+        env.globals.update(prefix=prefix, hub_home=url_path_join(hub_prefix, "hub/home"),
+                           hub_logout=url_path_join(hub_prefix, "hub/logout"))
         fragment = os.path.join(self.auth_config_dir, self.auth_fragment_name) if self.auth_config_dir else ""
         applier = MethodApplier(fragment, self.restart_command, self.hub_check_url, self.db_url_resolved,
                                 timeout=self.restart_timeout, keep_backups=self.auth_keep_backups, log=self.log,

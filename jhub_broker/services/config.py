@@ -3,9 +3,11 @@ import json
 import os
 import socket
 import sys
+import warnings
 
 from traitlets.config import Config
 
+from .environments.builder import secret_name
 from .scopes import CUSTOM_SCOPES, MANAGE, VIEW
 
 
@@ -23,16 +25,34 @@ def free_port():
 
 # Passed from the hub's environment to the service: where packages come from and how TLS/proxies work.
 PASS_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY",
-            "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
-            # secrets of the authentication page are encrypted with the hub's key
-            "JUPYTERHUB_CRYPT_KEY")
+            "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 PASS_ENV_PREFIXES = ("PIP_", "UV_")
+CRYPT_KEY_ENV = "JUPYTERHUB_CRYPT_KEY"
+
+
+def write_crypt_key_file(path, key):
+    """Write the hub's crypt key to ``path`` (0600, in a 0700 directory), atomically and only when it changed."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    os.chmod(d, 0o700)
+    try:
+        with open(path) as f:
+            if f.read() == key:
+                os.chmod(path, 0o600)
+                return
+    except FileNotFoundError:
+        pass
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    os.replace(tmp, path)
 
 
 def service_config(c, name="broker", port=None, environments_root="/opt/jhub-broker/environments",
                    jupyter_data_dir=None, db_url=None, managers=(), manager_groups=(), all_users_view=True,
                    initial_environments=(), extra_args=(), environment=None, python=sys.executable,
-                   auth_admin=False):
+                   auth_admin=False, crypt_key_file=None):
     """Add the broker as a hub-managed service to ``c`` (a traitlets ``Config`` or a nested dict).
 
     - ``c.JupyterHub.services`` gets the service (started by the hub, OAuth without a confirm page);
@@ -43,12 +63,20 @@ def service_config(c, name="broker", port=None, environments_root="/opt/jhub-bro
       service's first start (the demo's ready example);
     - with ``all_users_view``, the default ``user`` role may open the service and view environments;
     - the hub's TLS, proxy and index settings (``SSL_CERT_FILE``, ``HTTPS_PROXY``, ``PIP_*``, ``UV_*``) are
-      passed to the service, plus ``environment``;
+      passed to the service, plus ``environment``; JupyterHub stores that dict in its database, so it must
+      never hold a secret;
+    - the hub's ``$JUPYTERHUB_CRYPT_KEY`` (the authentication pages encrypt OAuth secrets with it) is written to
+      ``crypt_key_file`` (default ``<environments_root>/.state/hub-crypt-key``, mode 0600 in a 0700 directory)
+      and the service gets that path (``--BrokerService.crypt_key_file``), never the key;
     - ``c.Spawner.environment['JUPYTER_PATH']`` gets the shared kernels' data dir, so every user's
       server lists the published kernels;
-    - with ``auth_admin``, the service joins the hub's ``admin`` role: its authentication pages create and delete
-      users and grant or revoke the admin flag through the hub API (only an admin may grant admin). The pages
-      themselves answer hub admins only.
+    - without ``auth_admin`` the service's token gets no role: it calls no hub API (resolving a visitor's
+      OAuth token needs only that visitor's token). With ``auth_admin``, the service joins the hub's ``admin``
+      role: its authentication pages list, create and delete users (``list:users``, ``read:users``,
+      ``admin:users``, ``delete:users``) and grant or revoke the admin flag, which JupyterHub allows only to a
+      holder of the ``admin`` role ("Only admins can grant admin permissions", also to change an admin). The
+      pages themselves answer hub admins only, and the token never leaves the service process (builds get a
+      minimal environment).
 
     Returns the service's URL.
     """
@@ -59,6 +87,15 @@ def service_config(c, name="broker", port=None, environments_root="/opt/jhub-bro
            f"--BrokerService.jupyter_data_dir={data_dir}"]
     if db_url:
         cmd.append(f"--BrokerService.db_url={db_url}")
+    key = os.environ.get(CRYPT_KEY_ENV, "")
+    key_file = crypt_key_file or os.path.join(environments_root, ".state", "hub-crypt-key")
+    if key.strip():
+        try:
+            write_crypt_key_file(key_file, key)
+        except OSError as e:  # the service will say it cannot encrypt; the hub itself still starts
+            warnings.warn(f"jhub_broker: cannot write the crypt key file {key_file} for the broker service: {e}")
+    if key.strip() or os.path.exists(key_file):
+        cmd.append(f"--BrokerService.crypt_key_file={key_file}")
     cmd += list(extra_args)
     access = f"access:services!service={name}"
     jh = _section(c, "JupyterHub")
@@ -69,6 +106,11 @@ def service_config(c, name="broker", port=None, environments_root="/opt/jhub-bro
     if initial_environments:
         env_vars["JHUB_BROKER_INITIAL_ENVIRONMENTS"] = json.dumps(list(initial_environments))
     env_vars.update(environment or {})
+    for k in [k for k in env_vars if secret_name(k)]:
+        # JupyterHub keeps a service's environment in clear in its database
+        warnings.warn(f"jhub_broker: {k} is not passed to the broker service: its environment is stored in "
+                      "the hub's database")
+        del env_vars[k]
     if env_vars:
         spec["environment"] = env_vars
     services.append(spec)

@@ -1,6 +1,7 @@
 """Tornado handlers: the REST API (JSON, token or OAuth cookie) and the pages (Jinja2, xsrf)."""
 import asyncio
 import json
+import re
 
 from jupyterhub.services.auth import HubOAuthenticated
 from jupyterhub.utils import url_path_join
@@ -10,7 +11,7 @@ from tornado.iostream import StreamClosedError
 from . import scopes
 from .db import Build
 from .environments.manager import Conflict, NotFound
-from .environments.validation import ValidationError, validate_env_name
+from .environments.validation import ValidationError, shown, validate_env_name
 from .models import action_model, build_model, env_model
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -34,8 +35,12 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Referrer-Policy", "same-origin")
 
     def check_xsrf_cookie(self):
-        # A request carrying an Authorization header is token-authenticated: browsers never attach that header
-        # to cross-site requests, so there is no ambient credential to forge. Cookie sessions need _xsrf.
+        # Tornado checks XSRF before the handler runs, so resolve the caller first: only a request a token
+        # actually authenticated skips the check (browsers never attach a token to a cross-site request). A bogus
+        # Authorization header next to the session cookie authenticates nothing and must not switch it off.
+        # While HubAuth resolves the cookie it calls back here (``_cached_hub_user`` is then already set).
+        if not hasattr(self, "_cached_hub_user"):
+            self.current_user  # noqa: B018 - sets _token_authenticated when a token authenticated the request
         if self.token_auth:
             return
         return super().check_xsrf_cookie()
@@ -65,7 +70,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
     @property
     def token_auth(self):
-        return self.request.headers.get("Authorization", "").lower().startswith(("token ", "bearer "))
+        """True when a token (header or URL), not the cookie session, authenticated this request."""
+        return bool(getattr(self, "_token_authenticated", False))
 
     @property
     def from_page(self):
@@ -83,6 +89,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             data = json.loads(self.request.body)
         except ValueError:
             raise web.HTTPError(400, "Request body must be JSON.")
+        except RecursionError:  # the parser hit its own limit: no body the service takes nests deeply
+            raise web.HTTPError(400, "Request body is nested too deeply: send a flat JSON object.")
         if not isinstance(data, dict):
             raise web.HTTPError(400, "Request body must be a JSON object.")
         return data
@@ -129,16 +137,29 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             message = str(exc)
         elif isinstance(exc, web.HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
+        message = _cap(message)
         if self.api and not self.from_page:
             self.set_header("Content-Type", "application/json; charset=UTF-8")
             self.finish(json.dumps({"status": status_code, "message": message}))
         else:
             self.set_header("Content-Type", "text/html; charset=UTF-8")
-            self.finish(self.settings["render"]("error.html", handler=self, status=status_code, message=message))
+            # the navigation needs the caller; never start authenticating while answering an error
+            user = getattr(self, "_hub_auth_user_cache", None)
+            self.finish(self.settings["render"]("error.html", handler=self, status=status_code, message=message,
+                                                user=user, can_manage=scopes.can_manage(user)))
 
     def _handle_request_exception(self, e):
         # domain errors get their HTTP status; write_error shows the message the user should see
         return super()._handle_request_exception(self.http_error(e) or e)
+
+
+MESSAGE_MAX = 1000
+
+
+def _cap(message):
+    """An error message as answered: at most MESSAGE_MAX characters, so a huge input is never echoed back."""
+    message = str(message or "")
+    return message if len(message) <= MESSAGE_MAX else message[:MESSAGE_MAX - 30] + " … (message shortened)"
 
 
 class HealthHandler(web.RequestHandler):
@@ -203,14 +224,14 @@ class DisplayNameHandler(BaseHandler):
         return EnvironmentHandler.patch(self, name)
 
 
-def _list(value):
+def _list(value, field):
     if value is None:
         return []
-    if isinstance(value, str):
-        return [s for s in (line.strip() for line in value.replace(",", "\n").splitlines()) if s]
+    if isinstance(value, str):  # only newlines separate: other line separators are refused inside a spec
+        return [s for s in (line.strip() for line in value.replace(",", "\n").split("\n")) if s]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
-    raise ValidationError("Package lists must be lists of strings.")
+    raise ValidationError(f"{field} must be a list of package specs (strings).")
 
 
 class PackagesHandler(BaseHandler):
@@ -220,9 +241,10 @@ class PackagesHandler(BaseHandler):
         name = self.env_name(name)
         add = d.get("add")
         # page forms send one spec per line; "," is a legal part of a version specifier in JSON lists
-        add = add.splitlines() if isinstance(add, str) else _list(add)
+        add = add.split("\n") if isinstance(add, str) else _list(add, "add")
         b = self.manager.change_packages(user["name"], name, add=[s for s in add if s.strip()],
-                                         remove=_list(d.get("remove")), upgrade=_list(d.get("upgrade")))
+                                         remove=_list(d.get("remove"), "remove"),
+                                         upgrade=_list(d.get("upgrade"), "upgrade"))
         self.done({"build": build_model(b.environment, b)}, 202, page=self.env_page(name))
 
 
@@ -244,11 +266,18 @@ class RequirementsHandler(BaseHandler):
             d = self.body()
             text, mode = d.get("requirements", ""), d.get("mode", "merge")
             if not isinstance(text, str):
-                text = "\n".join(_list(text))
+                text = "\n".join(_list(text, "requirements"))
         if len(text) > 200_000:
             raise ValidationError("requirements file too large")
         b = self.manager.upload_requirements(user["name"], name, text, mode=mode)
         self.done({"build": build_model(b.environment, b)}, 202, page=self.env_page(name))
+
+
+def _build_number(value):
+    # str.isdigit() accepts '²' and other digits int() refuses
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,9}", str(value)):
+        raise ValidationError(f"build must be a build number, not {shown(value, 20)}.")
+    return int(value)
 
 
 class LockfileHandler(BaseHandler):
@@ -256,8 +285,7 @@ class LockfileHandler(BaseHandler):
         self.require("view")
         env = self.manager.get_env(self.env_name(name))
         number = self.get_query_argument("build", None)
-        b = self.manager.get_build(env, int(number)) if number and number.isdigit() else \
-            self.manager.current_build(env)
+        b = self.manager.get_build(env, _build_number(number)) if number else self.manager.current_build(env)
         if b is None or not b.lockfile:
             raise NotFound(f"Environment {env.name!r} has no published build yet.")
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
@@ -271,10 +299,7 @@ class RollbackHandler(BaseHandler):
         user = self.require("manage")
         d = self.body()
         number = d.get("build")
-        if number in ("", None):
-            number = None
-        elif not str(number).isdigit():
-            raise ValidationError("build must be a build number.")
+        number = None if number in ("", None) else _build_number(number)
         b = self.manager.rollback(user["name"], self.env_name(name), number)
         self.done({"build": build_model(b.environment, b)}, 200, page=self.env_page(name))
 

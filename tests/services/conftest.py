@@ -114,11 +114,15 @@ async def broker_hub(singleuser_python):
     from jhub_broker.services.config import service_config
     from tests.services.spawners import NobodySpawner
 
+    from tests.services.probe import make_probe_index
+
     root = world_readable_tmpdir("jb-envs-")
     homes = world_readable_tmpdir("jb-homes-")
+    index = world_readable_tmpdir("jb-index-")
+    probe = make_probe_index(index)  # a local package whose build records what builds can see
     c = Config()
     service_config(c, environments_root=os.path.join(root, "environments"),
-                   extra_args=["--BrokerService.keep_builds=1"])
+                   extra_args=["--BrokerService.keep_builds=1"], environment={"UV_FIND_LINKS": index})
     c.JupyterHub.spawner_class = NobodySpawner
     c.NobodySpawner.homes = homes
     c.Spawner.cmd = [os.path.join(os.path.dirname(singleuser_python), "jupyterhub-singleuser")]
@@ -133,6 +137,7 @@ async def broker_hub(singleuser_python):
     await app.initialize()
     await app.start()
     hub = Hub(app, os.path.join(root, "environments"))
+    hub.probe = probe
     await hub.client.wait_for(hub.service + "api/health", timeout=60)
     try:
         yield hub
@@ -143,3 +148,4 @@ async def broker_hub(singleuser_python):
             MockHub.clear_instance()
             shutil.rmtree(root, ignore_errors=True)
             shutil.rmtree(homes, ignore_errors=True)
+            shutil.rmtree(index, ignore_errors=True)

@@ -8,6 +8,7 @@ from jhub_broker.services.config import service_config
 
 
 def test_service_config_adds_service_scopes_roles_and_kernel_path(monkeypatch):
+    monkeypatch.delenv("JUPYTERHUB_CRYPT_KEY", raising=False)  # else the key file would go to /srv/envs/.state
     c = Config()
     c.Spawner.environment = {"JUPYTER_PATH": "/srv/other"}
     url = service_config(c, port=18123, environments_root="/srv/envs", managers=["carol"],
@@ -35,7 +36,8 @@ def test_service_config_adds_service_scopes_roles_and_kernel_path(monkeypatch):
     assert app.initial_environments == [{"name": "example", "requirements": ["six"]}]
 
 
-def test_service_config_works_on_plain_dicts():
+def test_service_config_works_on_plain_dicts(monkeypatch):
+    monkeypatch.delenv("JUPYTERHUB_CRYPT_KEY", raising=False)
     c = {}
     service_config(c, port=18124, environments_root="/srv/envs", all_users_view=False)
     assert c["JupyterHub"]["services"][0]["name"] == "broker"

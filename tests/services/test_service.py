@@ -6,13 +6,16 @@ import asyncio
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 
+import pytest
 import requests
 
 from jhub_broker.services.environments.builder import find_uv
 from tests.fixtures.kernel import execute_over_websocket
+from tests.services.fuzz import hypothesis, json_values
 
 ENV = "demo"
 KERNEL = "broker-demo"
@@ -362,6 +365,10 @@ async def test_cookie_form_without_xsrf_is_refused(broker_hub):
         token = re.search(r'name="_xsrf" value="([^"]+)"', r.text).group(1)
         url = base + hub.service + f"api/environments/{ENV}/display-name"
         bad = s.post(url, data={"display_name": "forged"}, allow_redirects=False, timeout=30)
+        # a token that authenticates nothing does not switch the check off for the cookie session
+        bogus = s.post(url, data={"display_name": "forged"}, headers={"Authorization": "token bogus"},
+                       allow_redirects=False, timeout=30)
+        assert bogus.status_code == 403, (bogus.status_code, bogus.text[:300])
         good = s.post(url, data={"display_name": "Demo <b>env</b>", "_xsrf": token}, allow_redirects=False,
                       timeout=30)
         evil = s.post(base + hub.service + "api/environments", data={"name": "<script>x", "_xsrf": token},
@@ -439,3 +446,112 @@ async def test_delete_removes_the_kernel(broker_hub):
     assert r.status_code == 204
     assert KERNEL not in await kernelspecs(hub, "alice")
     assert not os.path.exists(os.path.join(hub.root, ENV))
+
+
+# ---------------------------------------------------------------- hostile input, builds, the service's token
+async def test_hostile_json_gets_400_naming_the_field_and_error_pages_keep_their_links(broker_hub):
+    hub = broker_hub
+    deep = "[" * 100_000 + "]" * 100_000
+    r = await hub.api("POST", "environments", data=deep, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["message"], r.text[:300]
+    cases = [
+        ({"name": "x2", "display_name": {"a": 1}}, "display_name must be a string"),
+        ({"name": "x2", "requirements": 5}, "requirements must be a list"),
+        ({"name": "x2", "requirements": [5]}, "requirements: each package spec must be a string"),
+        ({"name": {"a": 1}}, "name must be a string"),
+        ({"name": "x2", "python": ["3.11"]}, "is not available"),
+    ] + [({"name": "x2", "requirements": [f'six; os_name == "a{ch}b"']}, "control characters")
+         for ch in ("\x0b", "\x0c", "\u2028", "\u202e")]
+    for body, expected in cases:
+        r = await hub.api("POST", "environments", json=body)
+        assert r.status_code == 400, (body, r.status_code, r.text[:300])
+        assert expected in r.json()["message"], (body, r.json())
+    for path, body, field in ((f"environments/{ENV}/packages", {"add": {"x": 1}}, "add"),
+                              (f"environments/{ENV}/packages", {"remove": 5}, "remove"),
+                              (f"environments/{ENV}/requirements", {"requirements": {"x": 1}}, "requirements"),
+                              (f"environments/{ENV}/rollback", {"build": "²"}, "build")):
+        r = await hub.api("POST", path, json=body)
+        assert r.status_code == 400 and field in r.json()["message"], (path, r.status_code, r.text[:300])
+    # a 100 KB value is not echoed back
+    r = await hub.api("POST", "environments", json={"name": "x" * 100_000})
+    assert r.status_code == 400 and len(r.text) < 2000, len(r.text)
+    r = await hub.api("POST", "environments", json={"name": "x2", "requirements": ["bad spec!"] * 400})
+    assert r.status_code == 400 and len(r.text) < 2000, len(r.text)
+    assert "x2" not in [e["name"] for e in (await hub.api("GET", "environments")).json()["environments"]]
+    # an error page (HTML) has the same navigation as every page
+    r = await hub.client.request("GET", hub.service + "environments/nosuchenv", token=hub.token("alice"))
+    assert r.status_code == 404 and r.headers["Content-Type"].startswith("text/html")
+    nav = r.text.split("<main>")[0]
+    assert 'href=""' not in nav
+    for link in (hub.base_url + "hub/home", hub.service, hub.service + "history", hub.base_url + "hub/logout"):
+        assert f'href="{link}"' in nav, (link, nav)
+
+
+async def test_any_json_body_gets_400_or_404_never_500(broker_hub):
+    """Property: any JSON value sent to the mutating JSON routes gets 400 (or 404 for the unknown environment)."""
+    if hypothesis is None:
+        pytest.skip("hypothesis is not installed")
+    hub = broker_hub
+    base = hub.client.base + hub.service + "api/"
+    headers = {"Authorization": f"token {hub.token('admin')}"}
+    paths = ["environments/nosuchenv/" + p for p in ("packages", "requirements", "rollback", "drift",
+                                                    "display-name")]
+
+    @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+    @hypothesis.given(json_values())
+    def check(body):
+        for path in paths:
+            r = requests.post(base + path, json=body, headers=headers, timeout=30)
+            assert r.status_code in (400, 404), (path, body, r.status_code, r.text[:300])
+        # a creation that cannot succeed (the name is invalid), whatever else the body holds
+        named = dict(body, name="Not A Name") if isinstance(body, dict) else body
+        r = requests.post(base + "environments", json=named, headers=headers, timeout=30)
+        assert r.status_code == 400, (named, r.status_code, r.text[:300])
+
+    await asyncio.to_thread(check)  # the hub serves on this thread's event loop meanwhile
+
+
+async def test_builds_run_unprivileged_without_the_service_secrets(broker_hub):
+    """A package's build backend (code from the index) runs as the build user and sees no token or key."""
+    import pwd
+    from tests.services.probe import read_probe
+    hub = broker_hub
+    r = await hub.api("POST", "environments", json={"name": "probe", "requirements": ["jhub-broker-build-probe==1.0"]})
+    assert r.status_code == 201, r.text
+    b = await hub.wait_build("probe", 1)
+    log = (await hub.api("GET", "environments/probe/builds/1/log")).text
+    assert b["status"] == "ready", log[-2000:]
+    seen = read_probe(hub.probe)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert seen["uid"] == seen["euid"] == nobody
+    service_token = hub.app._service_map["broker"].api_token
+    assert service_token
+    for name, value in seen["env"].items():
+        assert service_token not in value, name
+        assert not any(w in name.upper() for w in ("TOKEN", "SECRET", "CRYPT")), name
+        assert not name.startswith("JUPYTERHUB_"), name
+    assert seen["env"]["UV_FIND_LINKS"]  # what the operator allows does reach the build
+    # the published build belongs to the service again: the build user cannot change it
+    current = os.path.realpath(os.path.join(hub.root, "probe", "current"))
+    for root, dirs, files in os.walk(current):
+        for n in dirs + files:
+            st = os.lstat(os.path.join(root, n))
+            writable = st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode)  # a symlink's own mode is always 777
+            assert st.st_uid == os.geteuid() and not writable, (os.path.join(root, n), oct(st.st_mode))
+    assert os.stat(os.path.join(hub.root, ".cache")).st_uid == nobody
+    assert os.stat(os.path.join(hub.root, "probe")).st_uid == os.geteuid()
+    assert (await hub.api("DELETE", "environments/probe")).status_code == 204
+
+
+async def test_the_service_token_cannot_act_for_users(broker_hub):
+    """Without the authentication pages the service calls no hub API: its token has no role."""
+    hub = broker_hub
+    token = hub.app._service_map["broker"].api_token
+    api = hub.base_url + "hub/api/"
+    r = await hub.client.request("GET", api + "user", token=token)
+    assert r.status_code == 200 and r.json()["kind"] == "service"
+    assert not [s for s in r.json().get("scopes", []) if "users" in s or "servers" in s or s == "admin-ui"], r.json()
+    for method, path in (("GET", "users"), ("GET", "users/alice/tokens"), ("POST", "users/alice/server"),
+                         ("POST", "users/alice/tokens"), ("PATCH", "users/alice")):
+        r = await hub.client.request(method, api + path, token=token, json={} if method != "GET" else None)
+        assert r.status_code in (403, 404), (method, path, r.status_code)

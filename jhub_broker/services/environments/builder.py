@@ -4,7 +4,6 @@ The same code builds environments in the service and on users' VMs (see ``sync``
 Every function reports progress through ``log(line)``.
 """
 import asyncio
-import json
 import os
 import shutil
 import stat
@@ -16,15 +15,6 @@ from .validation import parse_lockfile
 KERNEL_PACKAGE = "ipykernel"
 # Not part of a lockfile: installer tooling, not the user's software.
 TOOLING = {"pip", "setuptools", "wheel", "uv", "distribute"}
-
-FREEZE_SCRIPT = (
-    "import importlib.metadata as m, json, sys\n"
-    "out = {}\n"
-    "for d in m.distributions():\n"
-    "    n = d.metadata['Name']\n"
-    "    if n: out[n] = d.version\n"
-    "json.dump(out, sys.stdout)\n"
-)
 
 
 class BuildError(RuntimeError):
@@ -61,12 +51,47 @@ def env_python(env_dir):
     return os.path.join(env_dir, "bin", "python")
 
 
-async def run(cmd, log, env=None, cwd=None):
-    """Run ``cmd``, stream its output to ``log``; raise :class:`BuildError` on failure."""
-    log("$ " + " ".join(cmd))
+def as_user(user):
+    """subprocess keyword arguments running a child as ``user`` (name) when we are root; {} otherwise."""
+    if not user or os.geteuid() != 0:
+        return {}
+    import pwd
+    pw = pwd.getpwnam(user)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
+def chown_tree(path, uid, gid):
+    """``chown -R`` without following symlinks (a build may leave links pointing anywhere)."""
+    os.lchown(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                os.lchown(os.path.join(root, name), uid, gid)
+            except FileNotFoundError:
+                continue
+
+
+def _others_can_traverse(path):
+    path = os.path.abspath(path)
+    while True:
+        try:
+            if not os.stat(path).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+async def run(cmd, log, env=None, cwd=None, user=None):
+    """Run ``cmd`` (as ``user`` when given and root), stream its output to ``log``; raise :class:`BuildError`
+    on failure."""
+    log("$ " + " ".join(cmd) + (f"  (as {user})" if as_user(user) else ""))
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL)
+        stdin=asyncio.subprocess.DEVNULL, **as_user(user))
     async for raw in proc.stdout:
         log(raw.decode("utf-8", "replace").rstrip("\n"))
     rc = await proc.wait()
@@ -74,9 +99,33 @@ async def run(cmd, log, env=None, cwd=None):
         raise BuildError(f"{os.path.basename(cmd[0])} exited with status {rc}")
 
 
-def _child_env(cache_dir=None):
-    # the operator's index/TLS/proxy settings (PIP_*, UV_*, SSL_CERT_FILE, HTTPS_PROXY) apply; an outer venv does not
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON", "CONDA_"))}
+# What builds may see of the service's environment by default: proxies, the package index and TLS settings.
+# A name ending in "*" is a prefix.
+BUILD_ENV_ALLOW = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy",
+                   "all_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_*",
+                   "UV_*")
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def secret_name(name):
+    """Whether an environment variable's name says it holds a secret (never given to a build)."""
+    upper = name.upper()
+    return any(w in upper for w in ("TOKEN", "SECRET", "PASSWORD", "CRYPT_KEY")) or upper.startswith("JUPYTERHUB_")
+
+
+def _allowed(name, allow):
+    return any(name.startswith(a[:-1]) if a.endswith("*") else name == a for a in allow)
+
+
+def build_environ(allow=BUILD_ENV_ALLOW, home="/tmp", cache_dir=None, source=None):
+    """The whole environment of a build's processes (installer, package build backends, smoke test).
+
+    Package build backends run arbitrary code from the index: they get PATH, HOME, LANG and the variables the
+    operator allows (``allow``), never a name that looks like a secret (the service's hub token, the crypt key).
+    """
+    source = os.environ if source is None else source
+    env = {"PATH": source.get("PATH") or SAFE_PATH, "HOME": home, "LANG": source.get("LANG") or "C.UTF-8"}
+    env.update({k: v for k, v in source.items() if _allowed(k, allow) and not secret_name(k)})
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["UV_NO_PROGRESS"] = "1"
     if cache_dir:
@@ -99,10 +148,11 @@ async def create_venv(dest, base_python, log, seed_pip=False):
     log(f"created virtual environment {session.creator.interpreter.spec} in {dest}")
 
 
-async def install(dest, req_file, log, installer="uv", cache_dir=None, no_deps=False, upgrade=()):
-    """Install the requirements in ``req_file`` into the env at ``dest``."""
+async def install(dest, req_file, log, installer="uv", cache_dir=None, no_deps=False, upgrade=(), user=None,
+                  env_allow=BUILD_ENV_ALLOW, home="/tmp"):
+    """Install the requirements in ``req_file`` into the env at ``dest`` (as ``user`` when given and root)."""
     py = env_python(dest)
-    env = _child_env(cache_dir)
+    env = build_environ(env_allow, home=home, cache_dir=cache_dir)
     if installer == "uv":
         cmd = [find_uv(), "pip", "install", "--python", py, "-r", req_file]
         if cache_dir:
@@ -117,18 +167,29 @@ async def install(dest, req_file, log, installer="uv", cache_dir=None, no_deps=F
         cmd += ["--refresh-package", name] if installer == "uv" else ["--upgrade-strategy", "eager", "--upgrade"]
         if installer != "uv":
             break
-    await run(cmd, log, env=env, cwd=dest)  # cwd: nothing relative can point at service files
+    await run(cmd, log, env=env, cwd=dest, user=user)  # cwd: nothing relative can point at service files
+
+
+def _freeze_files(dest):
+    import glob
+    import importlib.metadata as md
+    paths = sorted(glob.glob(os.path.join(dest, "lib*", "python*", "site-packages")))
+    if not paths:
+        raise BuildError(f"could not list packages: {dest} has no site-packages")
+    out = {}
+    for d in md.distributions(path=paths):
+        name = d.metadata["Name"] if d.metadata else None
+        if name and name not in out:
+            out[name] = d.version
+    return out
 
 
 async def freeze(dest):
-    """Exact versions of every distribution installed in the env: {name: version}."""
-    proc = await asyncio.create_subprocess_exec(
-        env_python(dest), "-I", "-c", FREEZE_SCRIPT, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise BuildError(f"could not list packages: {err.decode(errors='replace')[-500:]}")
-    return json.loads(out)
+    """Exact versions of every distribution installed in the env: {name: version}.
+
+    Read from the installed metadata, without starting the env's Python: a package's .pth file would run its code
+    in the service (as root)."""
+    return await asyncio.to_thread(_freeze_files, dest)
 
 
 def lock_text(pins):
@@ -173,7 +234,7 @@ def dir_size(path):
     return total
 
 
-async def smoke_test(dest, package_names, log, timeout=120, run_as=None):
+async def smoke_test(dest, package_names, log, timeout=120, run_as=None, env_allow=BUILD_ENV_ALLOW):
     """Start the env's kernel and import every package; raise :class:`BuildError` if anything fails.
 
     Runs with the env's own Python (jupyter_client comes with ipykernel) and, with ``run_as`` (when the
@@ -186,16 +247,10 @@ async def smoke_test(dest, package_names, log, timeout=120, run_as=None):
            *package_names]
     log(f"$ {env_python(dest)} -m jhub_broker.services.environments.smoke --python {env_python(dest)} "
         + " ".join(package_names) + (f"  (as {run_as})" if run_as else ""))
-    kwargs = {}
-    if run_as and os.geteuid() == 0:
-        import pwd
-        pw = pwd.getpwnam(run_as)
-        kwargs = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    env = _child_env()
-    env["HOME"] = "/tmp"
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                                                env=env, cwd="/", **kwargs)
+                                                env=build_environ(env_allow, home="/tmp"), cwd="/",
+                                                **as_user(run_as))
     async for raw in proc.stdout:
         log(raw.decode("utf-8", "replace").rstrip("\n"))
     if await proc.wait() != 0:
@@ -210,10 +265,13 @@ def _requirements_with_kernel(specs):
 
 
 async def build_env(dest, base_python, log, requirements=None, lockfile=None, installer="uv", cache_dir=None,
-                    smoke=True, upgrade=(), smoke_packages=None, smoke_user=None):
+                    smoke=True, upgrade=(), smoke_packages=None, smoke_user=None, build_user=None,
+                    env_allow=BUILD_ENV_ALLOW):
     """Create the env at ``dest`` from ``requirements`` (resolving) or ``lockfile`` (exact, no resolution).
 
-    Returns the lockfile text of what got installed.
+    With ``build_user`` (when root), the installer and every package's build backend run as that user, who owns
+    ``dest`` (and ``cache_dir``) only while it is filled; afterwards the tree belongs to us again, so the
+    build user cannot change a published environment. Returns the lockfile text of what got installed.
     """
     from packaging.requirements import Requirement
     if os.path.exists(dest):
@@ -234,8 +292,24 @@ async def build_env(dest, base_python, log, requirements=None, lockfile=None, in
         with open(req_file, "w") as f:
             f.write(text)
         log(f"== installing with {installer}")
-        await install(dest, req_file, log, installer=installer, cache_dir=cache_dir, no_deps=no_deps,
-                      upgrade=upgrade)
+        switch = as_user(build_user)
+        home = "/tmp"
+        if switch and not _others_can_traverse(os.path.dirname(dest)):
+            raise BuildError(f"the build user {build_user} cannot reach {os.path.dirname(dest)}: every directory "
+                             "above the environments root must be traversable by others (chmod o+x), or set "
+                             "BrokerService.build_user")
+        if switch:
+            import tempfile
+            home = tempfile.mkdtemp(prefix="jhub-broker-build-home-")
+            os.chown(home, switch["user"], switch["group"])
+            chown_tree(dest, switch["user"], switch["group"])
+        try:
+            await install(dest, req_file, log, installer=installer, cache_dir=cache_dir, no_deps=no_deps,
+                          upgrade=upgrade, user=build_user, env_allow=env_allow, home=home)
+        finally:
+            if switch:
+                chown_tree(dest, os.geteuid(), os.getegid())
+                shutil.rmtree(home, ignore_errors=True)
         pins = await freeze(dest)
         lock = lock_text(pins)
         with open(os.path.join(dest, "jhub-broker-lock.txt"), "w") as f:
@@ -246,7 +320,7 @@ async def build_env(dest, base_python, log, requirements=None, lockfile=None, in
             declared = [n for n in (names if smoke_packages is None else smoke_packages)
                         if n.lower() != KERNEL_PACKAGE]
             log("== smoke test: starting the kernel")
-            await smoke_test(dest, declared, log, run_as=smoke_user)
+            await smoke_test(dest, declared, log, run_as=smoke_user, env_allow=env_allow)
         return lock
     finally:
         os.umask(old_umask)

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from ..db import Action, Build, Environment, env_by_name, utcnow
 from . import builder, kernels
-from .validation import (ValidationError, normalize_requirements, parse_lockfile, parse_requirement,
+from .validation import (ValidationError, normalize_requirements, parse_lockfile, parse_requirement, shown,
                          validate_display_name, validate_env_name)
 
 log = logging.getLogger("jhub_broker.services")
@@ -40,7 +40,7 @@ class NotFound(Exception):
 
 class EnvironmentManager:
     def __init__(self, session_factory, root, kernels_dir, pythons, installer="auto", keep_builds=3,
-                 max_parallel_builds=1, smoke_user=None):
+                 max_parallel_builds=1, smoke_user=None, build_user=None, build_env_allow=builder.BUILD_ENV_ALLOW):
         self.Session = session_factory
         self.db = session_factory()
         self.root = os.path.abspath(root)
@@ -49,6 +49,8 @@ class EnvironmentManager:
         self.installer = builder.choose_installer(installer)
         self.keep_builds = keep_builds
         self.smoke_user = smoke_user
+        self.build_user = build_user
+        self.build_env_allow = tuple(build_env_allow)
         self.cache_dir = os.path.join(self.root, ".cache")
         self._build_slots = asyncio.Semaphore(max_parallel_builds)
         self._env_locks = {}
@@ -57,6 +59,9 @@ class EnvironmentManager:
             os.makedirs(d, exist_ok=True)
         os.chmod(self.root, 0o755)
         os.chmod(self.cache_dir, 0o700)
+        switch = builder.as_user(build_user)
+        if switch:  # the installer's cache is the build user's (its only writable place besides its build dir)
+            builder.chown_tree(self.cache_dir, switch["user"], switch["group"])
 
     # ---- paths -------------------------------------------------------------------------------
     def env_dir(self, name):
@@ -140,8 +145,9 @@ class EnvironmentManager:
             raise Conflict(f"A directory named {name!r} already exists under the environments root; "
                            "adopt or discard it first.")
         python = python or next(iter(self.pythons))
-        if python not in self.pythons:
-            raise ValidationError(f"Python {python!r} is not available; choose one of {sorted(self.pythons)}.")
+        if not isinstance(python, str) or python not in self.pythons:
+            raise ValidationError(f"python {shown(python, 20)} is not available; choose one of "
+                                  f"{sorted(self.pythons)}.")
         reqs = normalize_requirements(requirements)
         display_name = validate_display_name(display_name, f"Python {python} ({name})")
         env = Environment(name=name, display_name=display_name, python=python)
@@ -285,7 +291,7 @@ class EnvironmentManager:
     async def resolve_unmanaged(self, user, dirname, action, display_name=None):
         entry = next((u for u in self.unmanaged() if u["name"] == dirname), None)
         if entry is None:
-            raise NotFound(f"No unmanaged directory named {dirname!r}.")
+            raise NotFound(f"No unmanaged directory named {shown(dirname)}.")
         p = os.path.join(self.root, entry["name"])
         if action == "discard":
             self._trash(p)
@@ -294,7 +300,7 @@ class EnvironmentManager:
         if action != "adopt":
             raise ValidationError("action must be 'adopt' or 'discard'.")
         if not entry["is_venv"]:
-            raise ValidationError(f"{dirname!r} is not a virtual environment (no pyvenv.cfg); it can only be discarded.")
+            raise ValidationError(f"{shown(dirname)} is not a virtual environment (no pyvenv.cfg); it can only be discarded.")
         validate_env_name(dirname)
         pins = await builder.freeze(p)
         reqs = [f"{canonicalize_name(n)}=={v}" for n, v in pins.items()
@@ -351,7 +357,8 @@ class EnvironmentManager:
                 lock_text = await builder.build_env(
                     dest, self.pythons[env.python], emit, requirements=b.requirements, lockfile=lockfile,
                     installer=self.installer, cache_dir=self.cache_dir, upgrade=upgrade,
-                    smoke_packages=[Requirement(s).name for s in b.requirements], smoke_user=self.smoke_user)
+                    smoke_packages=[Requirement(s).name for s in b.requirements], smoke_user=self.smoke_user,
+                    build_user=self.build_user, env_allow=self.build_env_allow)
                 b.lockfile = lock_text
                 b.size_bytes = builder.dir_size(dest)
                 self._publish(env, b)
