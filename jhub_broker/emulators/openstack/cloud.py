@@ -177,7 +177,7 @@ class Cloud:
                 i["name"] == docker_image for i in self.images.values()):
             self.add_image({"name": docker_image, "min_disk": 10, "min_ram": 1024,
                             "properties": {"os_distro": "debian", "os_version": "12",
-                                           dockerhost.PROPERTY: "true"}})
+                                           dockerhost.PROPERTY: "true", "jhub_broker_prebaked": "true"}})
         self.default_project = next(iter(self.projects.values()))
         pid = self.default_project["id"]
         ext = cfg["external_network"]

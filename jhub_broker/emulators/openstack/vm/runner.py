@@ -47,6 +47,7 @@ class VMRunner:
         self.vms = {}
         self.forwarders = {}  # floating address -> FloatingForwarder
         self._boot_tokens = {}  # server id -> token of the boot in progress (stop() revokes it)
+        self._removals = set()  # background removals of deleted VMs' files
         os.makedirs(self.root_dir, exist_ok=True)
 
     # -- helpers -------------------------------------------------------------
@@ -84,7 +85,7 @@ class VMRunner:
         return out
 
     def disks_dir(self, server_id):
-        # outside vm_dir: that one is removed with rmtree, which must never meet a bound volume
+        # outside vm_dir, which is removed whole: a bound volume must never be met there
         return os.path.join(self.root_dir, "_disks", server_id)
 
     def _image(self, server):
@@ -144,7 +145,7 @@ class VMRunner:
         mount_binds = [(volumes[v], target) for v, target in cloudinit.mount_targets(configs, attachments)]
 
         if os.path.exists(vm_dir):
-            await asyncio.to_thread(shutil.rmtree, vm_dir, True)
+            await _remove_tree(vm_dir)
         os.makedirs(vm_dir)
         proc = await asyncio.create_subprocess_exec("cp", "-a", "/etc", os.path.join(vm_dir, "etc"),
                                                     stdout=asyncio.subprocess.DEVNULL,
@@ -187,7 +188,7 @@ class VMRunner:
         except OSError as e:
             raise VMBootError(f"preparing the VM's file system failed: {e}") from None
         if self._boot_tokens.get(server_id) is not token:
-            await asyncio.to_thread(shutil.rmtree, vm_dir, True)
+            await _remove_tree(vm_dir)
             raise VMBootError("server was deleted while booting")
 
         hidden = [self.root_dir, self.volumes_dir]
@@ -356,7 +357,14 @@ class VMRunner:
         await self._kill(server_id)
         vm_dir = self.vm_dir(server_id)
         if os.path.isdir(vm_dir):
-            await asyncio.to_thread(shutil.rmtree, vm_dir, True)
+            # a docker-host's image layers are tens of thousands of files (a minute to unlink on a busy
+            # disk): the VM is gone once its processes, cgroups and mounts are; its files go in the background
+            trash = os.path.join(self.root_dir, "_trash", f"{server_id}-{time.monotonic_ns()}")
+            os.makedirs(os.path.dirname(trash), exist_ok=True)
+            os.rename(vm_dir, trash)
+            task = asyncio.ensure_future(_remove_tree(trash))
+            self._removals.add(task)
+            task.add_done_callback(self._removals.discard)
 
     async def add_floating_ip(self, floating_address, fixed_address):
         await self.remove_floating_ip(floating_address)
@@ -374,6 +382,19 @@ class VMRunner:
             await self._kill(server_id)
         for floating in list(self.forwarders):
             await self.remove_floating_ip(floating)
+        if self._removals:
+            await asyncio.wait(list(self._removals), timeout=60)
+
+
+async def _remove_tree(path):
+    """rm -rf that never crosses a mount (a volume bound by mistake stays whole)."""
+    if not os.path.lexists(path):
+        return
+    proc = await asyncio.create_subprocess_exec("rm", "-rf", "--one-file-system", "--", path,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        log.error("removing %s failed: %s", path, err.decode(errors="replace").strip())
 
 
 def _read_info(fd):
