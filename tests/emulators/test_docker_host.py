@@ -88,6 +88,8 @@ def user_data(pem):
 
     tls = "--tlsverify --tlscacert=/etc/docker/tls/ca.pem --tlscert=/etc/docker/tls/cert.pem " \
           "--tlskey=/etc/docker/tls/key.pem"
+    dockerd = f"dockerd -H unix:///var/run/docker.sock -H tcp://$(cat /etc/jhub-broker-vm-address):{DOCKER_PORT} {tls}"
+    ready = "for i in $(seq 150); do docker info >/dev/null 2>&1 && break; sleep 0.2; done"
     return f"""#cloud-config
 write_files:
   - path: /etc/docker/tls/ca.pem
@@ -102,8 +104,8 @@ write_files:
 {indent(pem["server_key"])}
 runcmd:
   - [sh, -c, 'grep CapEff /proc/self/status | sed "s/^/caps: /"']
-  - [sh, -c, 'dockerd -H unix:///var/run/docker.sock -H tcp://$(cat /etc/jhub-broker-vm-address):{DOCKER_PORT} {tls} >/var/log/dockerd.log 2>&1 &']
-  - [sh, -c, 'for i in $(seq 150); do docker info >/dev/null 2>&1 && break; sleep 0.2; done; docker import {IMAGE_TAR} {IMAGE}']
+  - [sh, -c, '{dockerd} >/var/log/dockerd.log 2>&1 &']
+  - [sh, -c, '{ready}; docker import {IMAGE_TAR} {IMAGE}']
 """
 
 
@@ -174,7 +176,7 @@ def docker_host(conn, tmp_path_factory):
     import docker
 
     image = conn.image.find_image("debian-docker-host", ignore_missing=False)
-    assert image.properties.get(dockerhost.PROPERTY) == "true" or getattr(image, dockerhost.PROPERTY, None) == "true"
+    assert image.properties.get(dockerhost.PROPERTY) == "true"
     net = conn.network.find_network("private")
     port = conn.network.create_port(network_id=net.id, name="docker-host-port")
     address = port.fixed_ips[0]["ip_address"]

@@ -49,6 +49,16 @@ class VMRunner:
         self._boot_tokens = {}  # server id -> token of the boot in progress (stop() revokes it)
         self._removals = set()  # background removals of deleted VMs' files
         os.makedirs(self.root_dir, exist_ok=True)
+        self._unmount_stale_disks()
+
+    def _unmount_stale_disks(self):
+        """Disk mounts left in this state dir by a cloud that was killed (its VMs died with it)."""
+        top = os.path.join(self.root_dir, "_disks")
+        for name in os.listdir(top) if os.path.isdir(top) else []:
+            try:
+                DiskSlots(os.path.join(top, name)).destroy()
+            except OSError as e:
+                log.error("unmounting stale disks %s failed: %s", name, e)
 
     # -- helpers -------------------------------------------------------------
     def _vm_config(self):
