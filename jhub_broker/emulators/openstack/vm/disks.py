@@ -19,6 +19,7 @@ import asyncio
 import ctypes
 import errno
 import os
+import subprocess
 import sys
 
 MS_BIND = 4096
@@ -112,13 +113,10 @@ class DiskSlots:
             return
         _umount(self.path)
         for name in os.listdir(self.path):
-            slot = os.path.join(self.path, name)
-            _umount(slot)
-            try:
-                os.rmdir(slot)
-            except OSError:
-                pass
-        os.rmdir(self.path)
+            _umount(os.path.join(self.path, name))
+        # what the VM's root may have written there; --one-file-system: never into a volume still bound
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", self.path], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def mounts_of(pid, host_dir):

@@ -88,7 +88,13 @@ class VMCgroups:
         self.dirs = []  # [(mount point, host dir)]
 
     def create(self):
-        for mountpoint, parent in hierarchies():
+        found = hierarchies()
+        if not found:
+            # checked on machines with cgroup v1 hierarchies under /sys/fs/cgroup (ours); a machine with only
+            # the unified hierarchy at /sys/fs/cgroup would need the VM's processes in a leaf below its cgroup
+            raise OSError("docker-host VMs need the cgroup v1 hierarchies mounted under /sys/fs/cgroup/; "
+                          "this machine has none")
+        for mountpoint, parent in found:
             path = os.path.join(parent, self.name)
             os.makedirs(path, exist_ok=True)
             self.dirs.append((mountpoint, path))

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import time
 
 import yaml
@@ -57,7 +58,7 @@ class VMRunner:
         for name in os.listdir(top) if os.path.isdir(top) else []:
             try:
                 DiskSlots(os.path.join(top, name)).destroy()
-            except OSError as e:
+            except (OSError, subprocess.CalledProcessError) as e:
                 log.error("unmounting stale disks %s failed: %s", name, e)
 
     # -- helpers -------------------------------------------------------------
@@ -218,7 +219,7 @@ class VMRunner:
                 if os.path.isdir(dockerhost.IMAGES_DIR):
                     extra += ["--perms", "0755", "--dir", sandbox.GUEST_OPT,
                               "--ro-bind", dockerhost.IMAGES_DIR, dockerhost.IMAGES_DIR]
-        except OSError as e:
+        except (OSError, subprocess.CalledProcessError) as e:
             await asyncio.to_thread(self._release, disks, cgroups)
             os.close(r)
             os.close(w)
@@ -328,7 +329,7 @@ class VMRunner:
         if disks is not None:
             try:
                 disks.destroy()
-            except OSError as e:
+            except (OSError, subprocess.CalledProcessError) as e:
                 log.error("unmounting the disks of a VM failed: %s", e)
 
     # -- hot-plug --------------------------------------------------------------
@@ -393,7 +394,7 @@ class VMRunner:
         for floating in list(self.forwarders):
             await self.remove_floating_ip(floating)
         if self._removals:
-            await asyncio.wait(list(self._removals), timeout=60)
+            await asyncio.wait(list(self._removals), timeout=10)  # the launcher SIGKILLs after 20 s
 
 
 async def _remove_tree(path):
