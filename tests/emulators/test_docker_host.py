@@ -23,7 +23,7 @@ IMAGE = "jhub-base"
 VENV = "/opt/jhub-broker/singleuser"  # the docker-host image is pre-baked: containers may bind its venv
 DOCKER_PORT = 2376
 WEB_PORT = 8765
-CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
+CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN = 12, 13, 21
 
 
 def wait(fn, timeout, what):
@@ -237,6 +237,21 @@ def test_docker_host_runs_containers_from_the_baked_image(conn, docker_host):
          "the container's web server on the VM's address")
     assert client.containers.get("web").status == "running"
     assert web.exec_run(["id", "-un", "1000"]).output.decode().strip() == "jovyan"
+
+
+def test_containers_get_limits_and_fewer_capabilities(docker_host):
+    """What a notebook container will be given works inside the VM: CPU and memory limits (the VM's own
+    cgroup), NET_RAW dropped, no-new-privileges."""
+    _, _, client = docker_host
+    hog = client.containers.run(IMAGE, ["python3", "-c", "b = b'x' * (512 * 2**20)"], detach=True,
+                                mem_limit="64m", nano_cpus=500_000_000)
+    assert hog.wait(timeout=60)["StatusCode"] == 137
+    hog.reload()
+    assert hog.attrs["State"]["OOMKilled"]
+    hog.remove()
+    caps = client.containers.run(IMAGE, ["grep", "CapEff", "/proc/self/status"], remove=True,
+                                 cap_drop=["NET_RAW"], security_opt=["no-new-privileges"])
+    assert not int(caps.split()[-1], 16) & (1 << CAP_NET_RAW)
 
 
 def test_volume_hot_attach_and_detach(conn, docker_host):
