@@ -89,7 +89,8 @@ def user_data(pem):
     tls = "--tlsverify --tlscacert=/etc/docker/tls/ca.pem --tlscert=/etc/docker/tls/cert.pem " \
           "--tlskey=/etc/docker/tls/key.pem"
     dockerd = f"dockerd -H unix:///var/run/docker.sock -H tcp://$(cat /etc/jhub-broker-vm-address):{DOCKER_PORT} {tls}"
-    ready = "for i in $(seq 150); do docker info >/dev/null 2>&1 && break; sleep 0.2; done"
+    # /usr/bin/docker is docker.io's client; /usr/local/bin/docker (first on PATH) may be an unrelated one
+    ready = "for i in $(seq 150); do /usr/bin/docker info >/dev/null 2>&1 && break; sleep 0.2; done"
     return f"""#cloud-config
 write_files:
   - path: /etc/docker/tls/ca.pem
@@ -105,7 +106,7 @@ write_files:
 runcmd:
   - [sh, -c, 'grep CapEff /proc/self/status | sed "s/^/caps: /"']
   - [sh, -c, '{dockerd} >/var/log/dockerd.log 2>&1 &']
-  - [sh, -c, '{ready}; docker import {IMAGE_TAR} {IMAGE}']
+  - [sh, -c, '{ready}; /usr/bin/docker import {IMAGE_TAR} {IMAGE}']
 """
 
 
