@@ -295,6 +295,55 @@ def test_volume_hot_attach_and_detach(conn, docker_host):
     conn.block_storage.delete_volume(vol)
 
 
+def test_plain_vm_sees_volumes_come_and_go(conn):
+    """Any VM: a volume attached at boot is at /dev/disk/by-id and at its cloud-config ``mounts`` target; one
+    hot-attached appears; detaching the first makes it vanish from both places. The VM reports what it
+    sees on its console."""
+    image = conn.image.find_image("ubuntu-24.04", ignore_missing=False)
+    flavor = conn.compute.find_flavor("m1.small")
+    first, second = (conn.block_storage.create_volume(size=1, name=n) for n in ("boot-vol", "hot-vol"))
+    for vol in (first, second):
+        conn.block_storage.wait_for_status(vol, status="available", wait=30, interval=0.2)
+    watch = ("while :; do s=$(ls /dev/disk/by-id /data 2>&1 | tr \"\\n\" \" \"); "
+             "[ \"$s\" != \"$p\" ] && echo \"seen: $s\"; p=$s; sleep 0.2; done")
+    ud = f"""#cloud-config
+mounts:
+  - [/dev/vdb, /data]
+runcmd:
+  - [sh, -c, 'echo hi > /data/hello']
+  - [sh, -c, '{watch} &']
+"""
+    server = conn.compute.create_server(
+        name="plain-disks", flavor_id=flavor.id, image_id=image.id, networks="auto", user_data=_b64(ud),
+        block_device_mapping_v2=[{"boot_index": 0, "uuid": image.id, "source_type": "image",
+                                  "destination_type": "local", "delete_on_termination": True},
+                                 {"boot_index": -1, "uuid": first.id, "source_type": "volume",
+                                  "destination_type": "volume", "device_name": "/dev/vdb"}])
+    a, b = f"virtio-{first.id[:20]}", f"virtio-{second.id[:20]}"
+
+    def seen(pred, what):
+        def last():
+            lines = [ln for ln in conn.compute.get_server_console_output(server)["output"].splitlines()
+                     if ln.startswith("seen: ")]
+            return lines and pred(lines[-1].split()) and lines[-1]
+        return wait(last, 60, what)
+
+    try:
+        server = conn.compute.wait_for_server(server, status="ACTIVE", wait=120, interval=0.5)
+        seen(lambda w: a in w and "hello" in w and b not in w, "the boot volume at by-id and /data")
+        conn.compute.create_volume_attachment(server, volume=second)
+        seen(lambda w: a in w and b in w, "the hot-attached volume")
+        conn.compute.delete_volume_attachment(server, first)
+        conn.block_storage.wait_for_status(first, status="available", wait=30, interval=0.2)
+        seen(lambda w: a not in w and b in w and "hello" not in w, "the detached volume gone from by-id and /data")
+    finally:
+        conn.compute.delete_server(server)
+        conn.compute.wait_for_delete(server, wait=60)
+        for vol in (first, second):
+            conn.block_storage.wait_for_status(vol, status="available", wait=30, interval=0.2)
+            conn.block_storage.delete_volume(vol)
+
+
 def test_normal_vm_gets_no_docker_rights(conn):
     image = conn.image.find_image("ubuntu-24.04", ignore_missing=False)
     flavor = conn.compute.find_flavor("m1.small")
