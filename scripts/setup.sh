@@ -11,7 +11,7 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # package:command -- a package counts as present when dpkg knows it or its command exists
 # (e.g. NodeSource's nodejs ships npm, and conflicts with Debian's npm package)
 debs=(bubblewrap:bwrap cloud-init:cloud-init python3:python3 python3-venv: gcc:gcc nodejs:node npm:npm chromium:chromium
-      postgresql:pg_ctlcluster)
+      postgresql:pg_ctlcluster docker.io:dockerd debootstrap:debootstrap)
 missing=()
 for entry in "${debs[@]}"; do
   p=${entry%%:*} c=${entry#*:}
@@ -26,6 +26,10 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # cloud-init must not run on this host at boot: it is only used inside the local cloud's VMs
   $SUDO systemctl disable cloud-init cloud-init-local cloud-config cloud-final >/dev/null 2>&1 || true
+  # nor dockerd: the local cloud's docker-host VMs run their own (docs/local-cloud.md)
+  case " ${missing[*]} " in *" docker.io "*)
+    $SUDO systemctl disable --now docker.service docker.socket containerd.service >/dev/null 2>&1 || true ;;
+  esac
 fi
 
 # --- the project's Python environment -------------------------------------------------
@@ -53,5 +57,9 @@ fi
 # --- the local cloud's pre-baked image: jupyterhub-singleuser readable by unprivileged users ---
 if [ -x scripts/bake-image.sh ]; then
   scripts/bake-image.sh
+fi
+# --- the container image docker-host VMs import (debootstrap + that venv; cached) ---------------
+if [ -x scripts/bake-container-image.sh ]; then
+  scripts/bake-container-image.sh
 fi
 log "ready"

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .vm import dockerhost
+
 DEFAULT_CONFIG = {
     "region": "RegionOne",
     "domain": {"id": "default", "name": "Default"},
@@ -55,7 +57,8 @@ DEFAULT_CONFIG = {
     "admin_secret": None,
     "faults": [],
     "boot_failures": [],
-    "vm": {"enabled": True, "prebaked_python": None, "cloud_init": "auto"},
+    # docker_host_image: registered (name) when Debian's docker.io is installed; null registers none
+    "vm": {"enabled": True, "prebaked_python": None, "cloud_init": "auto", "docker_host_image": "debian-docker-host"},
 }
 
 
@@ -169,6 +172,12 @@ class Cloud:
             }
         for im in cfg["images"]:
             self.add_image(im)
+        docker_image = (cfg.get("vm") or {}).get("docker_host_image")
+        if docker_image and dockerhost.docker_installed() and not any(
+                i["name"] == docker_image for i in self.images.values()):
+            self.add_image({"name": docker_image, "min_disk": 10, "min_ram": 1024,
+                            "properties": {"os_distro": "debian", "os_version": "12",
+                                           dockerhost.PROPERTY: "true", "jhub_broker_prebaked": "true"}})
         self.default_project = next(iter(self.projects.values()))
         pid = self.default_project["id"]
         ext = cfg["external_network"]

@@ -1468,7 +1468,7 @@ class VolumeAttachmentsHandler(NovaHandler):
         bdms = bdms[offset:offset + limit] if limit is not None else bdms[offset:]
         self.send({"volumeAttachments": [self._view(s, b) for b in bdms]})
 
-    def post(self, server_id, volume_id=None):
+    async def post(self, server_id, volume_id=None):
         if volume_id is not None:
             raise APIError(405, "Method not allowed")
         s = self.server_or_404(server_id)
@@ -1494,12 +1494,14 @@ class VolumeAttachmentsHandler(NovaHandler):
         if any(b["device"] == dev for b in s["_bdms"]):
             raise APIError(409, f"The supplied device path ({dev}) is in use.")
         bdm = attach_volume(self.cloud, s, vol, dev, data.get("delete_on_termination", False), None, data.get("tag"))
+        if self.cloud.vm_runner is not None:  # hot-plug into a running VM (vm/disks.py)
+            await self.cloud.vm_runner.attach_volume(s["id"], vid, dev)
         self.send({"volumeAttachment": self._view(s, bdm)})
 
     def put(self, server_id, volume_id=None):
         raise APIError(403, "Policy doesn't allow os_compute_api:os-volumes-attachments:swap to be performed.")
 
-    def delete(self, server_id, volume_id=None):
+    async def delete(self, server_id, volume_id=None):
         if volume_id is None:
             raise APIError(405, "Method not allowed")
         s = self.server_or_404(server_id)
@@ -1508,6 +1510,8 @@ class VolumeAttachmentsHandler(NovaHandler):
         bdm = self._bdm(s, volume_id)
         if bdm["boot_index"] == 0:
             raise APIError(400, "Cannot detach a root device volume")
+        if self.cloud.vm_runner is not None:
+            await self.cloud.vm_runner.detach_volume(s["id"], volume_id)
         detach_volume(self.cloud, s, volume_id)
         self.send(None, status=202)
 

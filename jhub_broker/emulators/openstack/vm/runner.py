@@ -8,11 +8,13 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import time
 
 import yaml
 
-from . import cloudinit, procs, sandbox
+from . import cloudinit, dockerhost, procs, sandbox
+from .disks import DiskSlots, evict
 from .forwarder import FloatingForwarder
 from .shim import ShimBuildError, build_shim
 
@@ -34,6 +36,8 @@ class _VM:
         self.proc = proc
         self.ns_inode = ns_inode
         self.console = None
+        self.disks = None  # DiskSlots: /dev/disk/by-id inside the VM
+        self.cgroups = None  # dockerhost.VMCgroups of a docker-host VM
 
 
 class VMRunner:
@@ -44,7 +48,18 @@ class VMRunner:
         self.vms = {}
         self.forwarders = {}  # floating address -> FloatingForwarder
         self._boot_tokens = {}  # server id -> token of the boot in progress (stop() revokes it)
+        self._removals = set()  # background removals of deleted VMs' files
         os.makedirs(self.root_dir, exist_ok=True)
+        self._unmount_stale_disks()
+
+    def _unmount_stale_disks(self):
+        """Disk mounts left in this state dir by a cloud that was killed (its VMs died with it)."""
+        top = os.path.join(self.root_dir, "_disks")
+        for name in os.listdir(top) if os.path.isdir(top) else []:
+            try:
+                DiskSlots(os.path.join(top, name)).destroy()
+            except (OSError, subprocess.CalledProcessError) as e:
+                log.error("unmounting stale disks %s failed: %s", name, e)
 
     # -- helpers -------------------------------------------------------------
     def _vm_config(self):
@@ -79,6 +94,10 @@ class VMRunner:
                 if att.get("server_id") == server["id"]:
                     out.append((vol["id"], att.get("device")))
         return out
+
+    def disks_dir(self, server_id):
+        # outside vm_dir, which is removed whole: a bound volume must never be met there
+        return os.path.join(self.root_dir, "_disks", server_id)
 
     def _image(self, server):
         image = server.get("image")
@@ -121,6 +140,10 @@ class VMRunner:
             if not os.path.isfile(os.path.join(venv, "bin", "python")):
                 raise VMBootError(f"image {image.get('name')!r} is pre-baked but the host has no venv at {venv} "
                                   "(run scripts/bake-image.sh)")
+        docker_host = dockerhost.is_docker_host(image)
+        if docker_host and not dockerhost.docker_installed():
+            raise VMBootError(f"image {image.get('name')!r} is a docker-host image but Debian's docker.io is not "
+                              "installed on the host (run scripts/setup.sh)")
 
         try:
             shim = await build_shim(os.path.join(self.root_dir, "_shim")) if fixed_ip else None
@@ -133,7 +156,7 @@ class VMRunner:
         mount_binds = [(volumes[v], target) for v, target in cloudinit.mount_targets(configs, attachments)]
 
         if os.path.exists(vm_dir):
-            await asyncio.to_thread(shutil.rmtree, vm_dir, True)
+            await _remove_tree(vm_dir)
         os.makedirs(vm_dir)
         proc = await asyncio.create_subprocess_exec("cp", "-a", "/etc", os.path.join(vm_dir, "etc"),
                                                     stdout=asyncio.subprocess.DEVNULL,
@@ -146,6 +169,8 @@ class VMRunner:
             sandbox.prepare_dirs(vm_dir)
             etc = os.path.join(vm_dir, "etc")
             sandbox.configure_etc(etc, name, fixed_ip, shim)
+            if docker_host:
+                dockerhost.write_daemon_json(etc)
             default_user = "ubuntu" if image.get("os_distro") == "ubuntu" else "debian"
             with open(os.path.join(etc, "cloud", "cloud.cfg") if os.path.isdir(os.path.join(etc, "cloud"))
                       else os.devnull, "w") as f:
@@ -174,26 +199,50 @@ class VMRunner:
         except OSError as e:
             raise VMBootError(f"preparing the VM's file system failed: {e}") from None
         if self._boot_tokens.get(server_id) is not token:
-            await asyncio.to_thread(shutil.rmtree, vm_dir, True)
+            await _remove_tree(vm_dir)
             raise VMBootError("server was deleted while booting")
 
         hidden = [self.root_dir, self.volumes_dir]
         if getattr(self.cloud, "state_dir", None):
             hidden.append(self.cloud.state_dir)
+        r, w = os.pipe()
+        disks = DiskSlots(self.disks_dir(server_id))
+        cgroups = dockerhost.VMCgroups(server_id) if docker_host else None
+        try:
+            await asyncio.to_thread(disks.destroy)  # left by a cloud that died
+            disks.create()
+            for vol_id, host_dir in volumes.items():
+                disks.plug(vol_id, host_dir)
+            extra = disks.bwrap_args()
+            if cgroups:
+                cgroups.create()
+                if os.path.isdir(dockerhost.IMAGES_DIR):
+                    extra += ["--perms", "0755", "--dir", sandbox.GUEST_OPT,
+                              "--ro-bind", dockerhost.IMAGES_DIR, dockerhost.IMAGES_DIR]
+        except (OSError, subprocess.CalledProcessError) as e:
+            await asyncio.to_thread(self._release, disks, cgroups)
+            os.close(r)
+            os.close(w)
+            raise VMBootError(f"preparing the VM's disks or cgroups failed: {e}") from None
         argv = sandbox.bwrap_argv(bwrap, vm_dir, name, volumes, mount_binds, venv, hidden,
-                                  ["/bin/sh", "/etc/jhub-broker/boot.sh"])
+                                  ["/bin/sh", "/etc/jhub-broker/boot.sh"],
+                                  extra_caps=dockerhost.EXTRA_CAPS if docker_host else (), extra=extra,
+                                  sys_args=cgroups.sys_args() if cgroups else None)
+        argv = argv[:1] + ["--info-fd", str(w)] + argv[1:]
+        if cgroups:
+            argv = cgroups.wrap(argv)
         env = {"PATH": sandbox.VM_PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "vt220", "USER": "root",
                "LOGNAME": "root", "SHELL": "/bin/sh"}
         console = open(os.path.join(vm_dir, "console.log"), "ab", buffering=0)
-        r, w = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv[:1], "--info-fd", str(w), *argv[1:], stdin=asyncio.subprocess.DEVNULL,
+                *argv, stdin=asyncio.subprocess.DEVNULL,
                 stdout=console, stderr=console, env=env, pass_fds=(w,), start_new_session=True)
         except OSError as e:
             console.close()
             os.close(r)
             os.close(w)
+            await asyncio.to_thread(self._release, disks, cgroups)
             raise VMBootError(f"starting bwrap failed: {e}") from None
         os.close(w)
         try:
@@ -203,6 +252,7 @@ class VMRunner:
         ns_inode = info.get("pid-namespace") or procs.pid_namespace(info.get("child-pid", 0))
         vm = _VM(server_id, vm_dir, fixed_ip, proc, ns_inode)
         vm.console = console
+        vm.disks, vm.cgroups = disks, cgroups
         self.vms[server_id] = vm
 
         if self._boot_tokens.get(server_id) is not token:
@@ -257,6 +307,7 @@ class VMRunner:
             await asyncio.wait_for(vm.proc.wait(), 10)
         except asyncio.TimeoutError:
             pass
+        await asyncio.to_thread(self._release, vm.disks, vm.cgroups)
         if vm.console:
             vm.console.close()
         if vm.fixed_ip:
@@ -265,12 +316,66 @@ class VMRunner:
                     del self.forwarders[floating]
                     await fwd.stop()
 
+    @staticmethod
+    def _release(disks, cgroups):
+        """Kill what is left in the VM's cgroups (containers, shims), remove them, unmount its disks."""
+        if cgroups is not None:
+            left = cgroups.kill_all()
+            if left:
+                log.error("processes %s of %s survived SIGKILL", left, cgroups.name)
+            failed = cgroups.remove()
+            if failed:
+                log.error("cgroups %s could not be removed", failed)
+        if disks is not None:
+            try:
+                disks.destroy()
+            except (OSError, subprocess.CalledProcessError) as e:
+                log.error("unmounting the disks of a VM failed: %s", e)
+
+    # -- hot-plug --------------------------------------------------------------
+    def _log_console(self, vm, text):
+        if vm.console:
+            try:
+                vm.console.write(f"[{time.monotonic():12.6f}] {text}\n".encode())
+            except OSError:
+                pass
+
+    async def attach_volume(self, server_id, volume_id, device=None):
+        """A volume attached to a running VM appears at /dev/disk/by-id/virtio-<id prefix> inside it."""
+        vm = self.vms.get(server_id)
+        if vm is None or vm.disks is None:
+            return  # not running: the next boot binds it
+        await asyncio.to_thread(vm.disks.plug, volume_id, self.volume_path(volume_id))
+        self._log_console(vm, f"virtio_blk: [{(device or '?').rsplit('/', 1)[-1]}] hot-plugged volume {volume_id}"
+                              f" (/dev/disk/by-id/virtio-{volume_id[:20]})")
+
+    async def detach_volume(self, server_id, volume_id):
+        """The volume vanishes from the running VM: from /dev/disk/by-id and every mount of it inside."""
+        vm = self.vms.get(server_id)
+        if vm is None or vm.disks is None:
+            return
+        pids = set(procs.members(vm.ns_inode) if vm.ns_inode else [])
+        if vm.cgroups is not None:
+            pids |= await asyncio.to_thread(vm.cgroups.pids)
+        errors = await evict(sorted(pids), self.volume_path(volume_id))
+        if errors:
+            log.error("VM %s: volume %s still mounted at %s", server_id, volume_id, errors)
+        await asyncio.to_thread(vm.disks.unplug, volume_id)
+        self._log_console(vm, f"virtio_blk: volume {volume_id} removed")
+
     async def stop(self, server_id):
         self._boot_tokens.pop(server_id, None)
         await self._kill(server_id)
         vm_dir = self.vm_dir(server_id)
         if os.path.isdir(vm_dir):
-            await asyncio.to_thread(shutil.rmtree, vm_dir, True)
+            # a docker-host's image layers are tens of thousands of files (a minute to unlink on a busy
+            # disk): the VM is gone once its processes, cgroups and mounts are; its files go in the background
+            trash = os.path.join(self.root_dir, "_trash", f"{server_id}-{time.monotonic_ns()}")
+            os.makedirs(os.path.dirname(trash), exist_ok=True)
+            os.rename(vm_dir, trash)
+            task = asyncio.ensure_future(_remove_tree(trash))
+            self._removals.add(task)
+            task.add_done_callback(self._removals.discard)
 
     async def add_floating_ip(self, floating_address, fixed_address):
         await self.remove_floating_ip(floating_address)
@@ -288,6 +393,19 @@ class VMRunner:
             await self._kill(server_id)
         for floating in list(self.forwarders):
             await self.remove_floating_ip(floating)
+        if self._removals:
+            await asyncio.wait(list(self._removals), timeout=10)  # the launcher SIGKILLs after 20 s
+
+
+async def _remove_tree(path):
+    """rm -rf that never crosses a mount (a volume bound by mistake stays whole)."""
+    if not os.path.lexists(path):
+        return
+    proc = await asyncio.create_subprocess_exec("rm", "-rf", "--one-file-system", "--", path,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        log.error("removing %s failed: %s", path, err.decode(errors="replace").strip())
 
 
 def _read_info(fd):

@@ -14,7 +14,9 @@ create top-level directories, as on a real VM):
   ``/opt/jhub-broker``, which only pre-baked images get (the venv, read-only);
 - the cloud's state (root_dir, volumes, state dir) is hidden behind tmpfs;
 - attached volumes: bound at ``/mnt/volumes/<volume_id>`` and at the targets
-  of the cloud-config ``mounts`` key.
+  of the cloud-config ``mounts`` key; every VM also has ``/dev/disk/by-id``, where
+  volumes attached at boot or while it runs appear (disks.py);
+- docker-host images add rights and a cgroup of the VM's own (dockerhost.py).
 
 Privileges: bwrap (run by root, no user namespace) drops every capability but
 the few a VM's root needs to create users and become them; bwrap also sets
@@ -119,15 +121,18 @@ def _under(path, top):
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
-def bwrap_argv(bwrap, vm_dir, hostname, volumes, mount_binds, venv, hidden, command):
+def bwrap_argv(bwrap, vm_dir, hostname, volumes, mount_binds, venv, hidden, command, extra_caps=(), extra=(),
+               sys_args=None):
     """The bwrap command line.
 
     volumes: {volume_id: host_dir}; mount_binds: [(host_dir, guest_target)];
-    venv: host path of the pre-baked venv or None; hidden: host paths to cover.
+    venv: host path of the pre-baked venv or None; hidden: host paths to cover;
+    extra_caps, extra: more capabilities and bwrap arguments (docker-host VMs, hot-plug disks);
+    sys_args: how /sys is made (default: the host's, read-only).
     """
     argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc",
             "--unshare-uts", "--hostname", hostname, "--cap-drop", "ALL"]
-    for cap in CAPS:
+    for cap in CAPS + [c for c in extra_caps if c not in CAPS]:
         argv += ["--cap-add", cap]
     ro_tops = []
     for name in sorted(os.listdir("/")):
@@ -143,7 +148,8 @@ def bwrap_argv(bwrap, vm_dir, hostname, volumes, mount_binds, venv, hidden, comm
         argv += ["--bind", os.path.join(vm_dir, name), "/" + name]
     if os.path.isdir("/var/lib/dpkg"):
         argv += ["--ro-bind", "/var/lib/dpkg", "/var/lib/dpkg"]
-    argv += ["--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc", "--ro-bind", "/sys", "/sys"]
+    argv += ["--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc"]
+    argv += list(sys_args) if sys_args else ["--ro-bind", "/sys", "/sys"]
     # a file owner (root) may write these without any capability: make them read-only
     for path in ("/proc/sys", "/proc/sysrq-trigger"):
         if os.path.exists(path):
@@ -178,5 +184,6 @@ def bwrap_argv(bwrap, vm_dir, hostname, volumes, mount_binds, venv, hidden, comm
     for host_dir, target in mount_binds:
         # like cloud-init's mounts module (util.ensure_dir): missing dirs are made 0755
         argv += ["--perms", "0755", "--dir", target, "--bind", host_dir, target]
+    argv += list(extra)
     argv += ["--chdir", "/", "--setenv", "PATH", VM_PATH, "--"] + list(command)
     return argv
