@@ -30,11 +30,18 @@ async def _nothing_left(cloud):
 
 
 async def test_quota_exceeded_message_with_numbers(os_hub, make_cloud):
-    cloud = make_cloud({"quotas": {"instances": 0}, "boot_delay": 0.2})
+    cloud = make_cloud({"quotas": {"instances": 0, "floatingip": 0}, "boot_delay": 0.2})
     app, hub = await os_hub(cloud=cloud, floating_ip_pool="public")
+    # the hub reads the quota before it asks the cloud
     message = await _failed_spawn(hub, "quota-user")
-    assert "quota" in message.lower()
-    assert "Requested 1, but already used 0 of 0 instances" in message
+    assert "m1.small does not fit the project's remaining quota: 0 servers left" in message, message
+    # a quota the form does not know (floating IPs): the cloud refuses, and the user reads which step
+    # failed, the cloud's own words, its status, and what to do
+    await asyncio.to_thread(cloud.admin, "PUT", "/_emulator/boot", {"quotas": {"instances": 10}})
+    message = await _failed_spawn(hub, "quota-user")
+    assert message.startswith("Giving your server an address failed: the cloud answered 409 Conflict: "), message
+    assert "Quota exceeded for resources: ['floatingip']" in message
+    assert "stop one of your other servers, or ask the project's manager for more quota" in message
     await _nothing_left(cloud)
 
 
