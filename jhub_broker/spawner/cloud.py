@@ -30,6 +30,9 @@ _NOT_DONE = {429, 503}
 # The request may or may not have been carried out (the answer was lost or replaced).
 _AMBIGUOUS = {500, 502, 504}
 
+# seconds: the longest pause between two attempts of a call (before jitter)
+MAX_BACKOFF = 8.0
+
 # outcome classes of a failed call
 FINAL, NOT_DONE, AMBIGUOUS = "final", "not-done", "ambiguous"
 
@@ -83,6 +86,8 @@ def classify(exc):
         return AMBIGUOUS if status in _AMBIGUOUS else FINAL
     if isinstance(exc, ksa_exc.SSLError):
         return FINAL  # a certificate problem does not heal by trying again
+    if isinstance(exc, ksa_exc.DiscoveryFailure):
+        return NOT_DONE  # the version document could not be read: the call itself was not sent
     # a timeout or a connection dropped before the answer: the request may have arrived
     if isinstance(exc, (ksa_exc.ConnectionError, ConnectionError, TimeoutError)):
         return AMBIGUOUS
@@ -153,7 +158,7 @@ class CloudAdapter:
     def _delay(self, exc, attempt):
         delay = _retry_after(exc)
         if delay is None:
-            delay = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
+            delay = min(self.backoff * (2 ** (attempt - 1)), MAX_BACKOFF) * (0.5 + random.random())
         return delay
 
     async def run(self, fn, *args, idempotent=True, **kwargs):

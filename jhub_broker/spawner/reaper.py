@@ -12,8 +12,6 @@ import logging
 
 from jupyterhub import orm
 
-from .traits import REAPER_MIN_MARGIN
-
 log = logging.getLogger("jhub_broker.spawner.reaper")
 
 
@@ -42,13 +40,12 @@ class Reaper:
 
     @staticmethod
     def grace_for(spawner):
-        """The configured grace, never shorter than the longest spawn (plus a margin): after a hub
+        """The configured grace, never shorter than the longest spawn: after a hub
         restart a server still booting is in no spawner's state and in no in-flight set."""
-        least = spawner.boot_timeout + spawner.notebook_timeout + REAPER_MIN_MARGIN
+        least = spawner.boot_timeout + spawner.notebook_timeout
         if spawner.reaper_grace < least:
             spawner.log.warning("reaper_grace %.0f s is shorter than a spawn may take (boot_timeout + "
-                                "notebook_timeout = %.0f s): using %.0f s", spawner.reaper_grace,
-                                spawner.boot_timeout + spawner.notebook_timeout, least)
+                                "notebook_timeout): using %.0f s", spawner.reaper_grace, least)
             return least
         return spawner.reaper_grace
 

@@ -97,7 +97,7 @@ class OpenStackTraits(HasTraits):
 
         Default: `boot_timeout` + `notebook_timeout` + 300. A server a hub started before it restarted is
         known to no spawner until its spawn ends, so the grace must outlast the longest spawn: a value
-        below `boot_timeout` + `notebook_timeout` + 60 is raised to that (with a warning).""")
+        below `boot_timeout` + `notebook_timeout` is raised to that (with a warning).""")
 
     # --- options form ----------------------------------------------------------------------
     flavor_choices = List(Unicode(), config=True, help="Flavors offered in the options form (names); empty offers every flavor the cloud lists.")
@@ -111,5 +111,3 @@ class OpenStackTraits(HasTraits):
 
 # seconds beyond the longest spawn (boot_timeout + notebook_timeout) before an orphan may be reaped
 REAPER_MARGIN = 300
-# the least margin honoured when an operator sets reaper_grace lower
-REAPER_MIN_MARGIN = 60

@@ -1,25 +1,7 @@
 """Failed spawns: the user reads what happened, and the cloud keeps nothing of the attempt."""
 import asyncio
 
-from .conftest import tagged
-
-
-async def _failed_spawn(hub, name, options=None):
-    """Start a server that must fail; the message the user is shown.
-
-    A spawn failing within the hub's slow_spawn_timeout answers the start request
-    itself; a slower one reports through the progress stream of the spawn page.
-    """
-    hub.token(name)
-    r = await hub.api("POST", f"users/{name}/server", json=options or {})
-    if r.status_code >= 400:
-        return r.json()["message"]
-    assert r.status_code == 202, r.text
-    model = await hub.wait_ready(name, timeout=180)
-    assert model is None or not model.get("ready"), "the spawn should have failed"
-    events = await hub.progress_events(name)
-    assert events and events[-1].get("failed"), events
-    return events[-1]["message"]
+from .conftest import failed_spawn as _failed_spawn, tagged
 
 
 async def _nothing_left(cloud):
@@ -57,6 +39,11 @@ async def test_not_offered_flavor_is_refused(os_hub, local_cloud):
     app, hub = await os_hub(flavor_choices=["m1.small"])
     message = await _failed_spawn(hub, "greedy-user", options={"flavor": "m1.large"})
     assert "not offered" in message and "m1.small" in message
+    # a huge value with terminal escapes is not echoed back whole
+    message = await _failed_spawn(hub, "greedy-user", options={"flavor": "\x1b[31m" + "x" * 100_000})
+    assert "not offered" in message and "m1.small" in message
+    assert len(message) < 500, len(message)
+    assert "\x1b" not in message and "more characters" in message
 
 
 async def test_no_valid_host_fault_reaches_user(os_hub, make_cloud):
