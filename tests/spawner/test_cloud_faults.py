@@ -98,6 +98,6 @@ async def test_untaggable_floating_ip_is_deleted_and_the_user_told(os_hub, local
     rules = [{"method": "PUT", "path": r"/floatingips/[^/]+/tags$", "status": 502}]
     async with injected_faults(local_cloud, rules):
         message = await failed_spawn(hub, "untaggable")
-    assert message.startswith("Giving your server an address failed: the cloud answered 502 Bad Gateway."), message
+    assert "Giving your server an address failed: the cloud answered 502 Bad Gateway. " in message, message
     assert "try again in a few minutes" in message
     assert await _left_after(local_cloud, before) == {}, "the untagged floating IP or the server leaked"

@@ -21,7 +21,7 @@ async def test_quota_exceeded_message_with_numbers(os_hub, make_cloud):
     # failed, the cloud's own words, its status, and what to do
     await asyncio.to_thread(cloud.admin, "PUT", "/_emulator/boot", {"quotas": {"instances": 10}})
     message = await _failed_spawn(hub, "quota-user")
-    assert message.startswith("Giving your server an address failed: the cloud answered 409 Conflict: "), message
+    assert "Giving your server an address failed: the cloud answered 409 Conflict: " in message, message
     assert "Quota exceeded for resources: ['floatingip']" in message
     assert "stop one of your other servers, or ask the project's manager for more quota" in message
     await _nothing_left(cloud)
