@@ -96,11 +96,15 @@ class VMLifecycle:
         def volume(conn):
             lim = conn.block_storage.get_limits().absolute
             return (lim.total_gigabytes_used, lim.max_total_volume_gigabytes)
-        out = await self.adapter.run(compute)
-        try:
-            out["gigabytes"] = await self.adapter.run(volume)
-        except Exception as e:  # noqa: BLE001 - a cloud without Cinder limits still has Nova's
-            log.info("no volume limits from the cloud: %s", e)
+        async def volume_or_none():
+            try:
+                return await self.adapter.run(volume)
+            except Exception as e:  # noqa: BLE001 - a cloud without Cinder limits still has Nova's
+                log.info("no volume limits from the cloud: %s", e)
+                return None
+        out, gigabytes = await asyncio.gather(self.adapter.run(compute), volume_or_none())
+        if gigabytes is not None:
+            out["gigabytes"] = gigabytes
         return out
 
     # -- tags ------------------------------------------------------------------------------

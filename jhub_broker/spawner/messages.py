@@ -47,7 +47,7 @@ def advice(exc, text):
     if "no valid host" in low:
         return "The cloud has no room for this server right now: try a smaller flavor or try later."
     if isinstance(exc, CloudError):
-        return None  # our own message says it already
+        return "If this keeps happening, tell the hub's administrators and include this message."
     kind = classify(exc)
     if kind in (NOT_DONE, AMBIGUOUS):
         return ("The cloud is having trouble right now (the hub retried): try again in a few minutes; if it "
@@ -64,8 +64,7 @@ def explain(step, exc):
     doing = STEPS.get(step, "Starting your server")
     if isinstance(exc, CloudError):
         # our own words, which may end with the VM's console
-        hint = advice(exc, exc.message)
-        return f"{doing} failed: {clip(exc.message, 4000, keep_newlines=True)}" + (f" {hint}" if hint else "")
+        return f"{doing} failed: {clip(exc.message, 4000, keep_newlines=True)} {advice(exc, exc.message)}"
     words = error_text(exc)
     status = status_of(exc)
     if status is not None:

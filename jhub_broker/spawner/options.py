@@ -1,4 +1,5 @@
 """The options form: flavor and image choices, checked against image needs and the remaining quota."""
+import asyncio
 import json
 import logging
 from html import escape
@@ -70,7 +71,8 @@ class OptionsForm:
     async def quota(self):
         """(remaining quota, GB of a new volume), or (None, 0) when the cloud does not say."""
         try:
-            return remaining(await self.lc.limits()), await self._new_volume_gb()
+            limits, new_volume_gb = await asyncio.gather(self.lc.limits(), self._new_volume_gb())
+            return remaining(limits), new_volume_gb
         except Exception as e:  # noqa: BLE001 - without numbers the cloud itself enforces its quota
             log.warning("could not read the project's quota: %s", e)
             return None, 0
@@ -87,9 +89,9 @@ class OptionsForm:
             def show(value, unit):
                 return "unlimited " + unit if value is None else f"{value} {unit}"
             volume = f", {show(left['gigabytes'], 'GB of volumes')}" if new_volume_gb else ""
-            rows.append(
-                f'<p class="help-block" id="openstack-quota">Remaining in the project: {show(left["instances"], "servers")}, '
-                f'{show(left["cores"], "vCPUs")}, {show(left["ram"], "MiB RAM")}{volume}.</p>')
+            rows.append(f'<p class="help-block" id="openstack-quota">Remaining in the project: '
+                        f'{show(left["instances"], "servers")}, {show(left["cores"], "vCPUs")}, '
+                        f'{show(left["ram"], "MiB RAM")}{volume}.</p>')
         rows.append('<div class="form-group"><label for="openstack-image">Image</label>'
                     '<select class="form-control" name="image" id="openstack-image">')
         for im in images:

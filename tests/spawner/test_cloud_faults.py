@@ -9,8 +9,9 @@ import asyncio
 
 from .conftest import failed_spawn, footprint, injected_faults, tagged
 
-# one rule; `count: 1` makes it fire on the first matching request only
+
 def rule(method, path, **action):
+    """A fault rule that fires on the first matching request only."""
     return {"method": method, "path": path, "count": 1, **action}
 
 
