@@ -134,14 +134,19 @@ class VMLifecycle:
                 return conn.network.find_security_group(name, ignore_missing=True)
 
             sg = await self.adapter.run(find)
-            if sg is None:
+            made = sg is None
+            if made:
                 sg = await self.adapter.create(
                     lambda conn: conn.network.create_security_group(
                         name=name, description=f"jhub_broker: notebook port {port} from the hub only"),
                     find, "security group")
             if self.tag not in (sg.tags or []):
-                await self._tag_or_delete("security group", sg, sorted(set(sg.tags or []) | {self.tag}),
-                                          lambda conn: conn.network.delete_security_group(sg, ignore_missing=True))
+                tags = sorted(set(sg.tags or []) | {self.tag})
+                if made:
+                    await self._tag_or_delete("security group", sg, tags,
+                                              lambda conn: conn.network.delete_security_group(sg, ignore_missing=True))
+                else:  # an existing group may be in use by running servers: never deleted here
+                    await self.adapter.run(lambda conn: conn.network.set_tags(sg, tags))
 
             def rules(conn):
                 return {(r.port_range_min, r.remote_ip_prefix) for r in conn.network.security_group_rules(
