@@ -12,7 +12,7 @@ from .cloud import AMBIGUOUS, FINAL, NOT_DONE, CloudError, classify, error_text,
 
 # the steps of a spawn, as the user reads them
 STEPS = {
-    "prepare": "Preparing your server (flavor, image, network)",
+    "prepare": "Preparing your server (flavor, image, network, security group)",
     "volume": "Preparing your data volume",
     "server": "Creating your server",
     "address": "Giving your server an address",
