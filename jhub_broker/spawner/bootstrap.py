@@ -23,6 +23,8 @@ from tornado import web
 log = logging.getLogger("jhub_broker.spawner.bootstrap")
 
 ROUTE = "api/jhub-broker/bootstrap"
+# a request carries one secret of 43 characters: anything much larger is not a bootstrap request
+MAX_BODY = 4096
 
 
 def _digest(secret):
@@ -93,12 +95,25 @@ class BootstrapHandler(web.RequestHandler):
         # no cookies are involved: the one-time secret is the credential
         return
 
-    def post(self):
+    def _secret(self):
+        """The secret of a well-formed request; anything else is answered 400 saying what to send."""
+        body = self.request.body or b""
+        if len(body) > MAX_BODY:
+            raise web.HTTPError(400, f"the request body is too large: send only {{\"secret\": \"...\"}} "
+                                     f"(at most {MAX_BODY} bytes)")
         try:
-            secret = json.loads(self.request.body or b"{}").get("secret")
-        except (ValueError, AttributeError):
-            secret = None
-        entry = registry.redeem(secret) if isinstance(secret, str) else None
+            data = json.loads(body)
+        except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
+            raise web.HTTPError(400, 'the request body must be the JSON object {"secret": "..."}') from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, 'the request body must be the JSON object {"secret": "..."}')
+        secret = data.get("secret")
+        if not isinstance(secret, str) or not secret:
+            raise web.HTTPError(400, '"secret" must be a non-empty string')
+        return secret
+
+    def post(self):
+        entry = registry.redeem(self._secret())
         if entry is HELD:
             # not an error page: send_error would drop the Retry-After header
             self.set_status(503)
@@ -116,8 +131,11 @@ class BootstrapHandler(web.RequestHandler):
         self.finish(json.dumps(entry["payload"]))
 
     def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None))[1]
+        # the HTTPError's own words (what to fix); never an unexpected exception's
+        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "message": self._reason}))
+        self.finish(json.dumps({"status": status_code, "message": message}))
 
 
 def ensure_registered(log=log):

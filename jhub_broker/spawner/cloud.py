@@ -3,7 +3,13 @@
 One :class:`CloudAdapter` per cloud, shared by every spawner of the hub: one
 authenticated connection (keystone token reused), a bounded thread pool so a
 burst of spawns cannot open hundreds of sockets, and retries for the errors a
-busy cloud gives (429 with Retry-After, 502/503/504, dropped connections).
+busy cloud gives (429 with Retry-After, 5xx, dropped connections, timeouts).
+
+Reads and deletes go through :meth:`CloudAdapter.run` and are retried on any
+transient failure.  Creates go through :meth:`CloudAdapter.create`: a create
+whose answer was lost (500/502/504, a timeout, a dropped connection) may have
+been carried out, so before sending it again the adapter looks for what it may
+have made; each multi-step operation is therefore split into single calls.
 """
 import asyncio
 import functools
@@ -14,15 +20,25 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openstack
 import openstack.connection
+from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as os_exc
 
 log = logging.getLogger("jhub_broker.spawner.cloud")
 
-# Status codes where the request certainly was not carried out, so even a
-# create may be sent again.
-_RETRY_ALWAYS = {429, 503}
-# Status codes worth retrying for reads and deletes only.
-_RETRY_IDEMPOTENT = {500, 502, 504}
+# The request certainly was not carried out: even a create may be sent again.
+_NOT_DONE = {429, 503}
+# The request may or may not have been carried out (the answer was lost or replaced).
+_AMBIGUOUS = {500, 502, 504}
+
+# seconds: the longest pause between two attempts of a call (before jitter)
+MAX_BACKOFF = 8.0
+
+# outcome classes of a failed call
+FINAL, NOT_DONE, AMBIGUOUS = "final", "not-done", "ambiguous"
+
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
+            413: "Request Entity Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
+            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 class CloudError(Exception):
@@ -34,6 +50,19 @@ class CloudError(Exception):
         self.status_code = status_code
 
 
+def status_of(exc):
+    """The HTTP status of a failed call (openstacksdk or keystoneauth), or None when there was no answer."""
+    for attr in ("status_code", "http_status"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def status_text(status):
+    return f"{status} {_REASONS.get(status, '')}".strip()
+
+
 def error_text(exc):
     """The cloud's own explanation of an openstacksdk error, without the request noise."""
     if isinstance(exc, os_exc.HttpException):
@@ -41,14 +70,32 @@ def error_text(exc):
         if details:
             return str(details)
         return str(getattr(exc, "message", "") or exc)
+    if isinstance(exc, ksa_exc.ConnectTimeout):
+        return "the cloud did not answer in time"
+    if isinstance(exc, ksa_exc.ConnectionError) and not isinstance(exc, ksa_exc.SSLError):
+        return "the connection to the cloud was lost"
     return str(exc)
 
 
+def classify(exc):
+    """FINAL, NOT_DONE (safe to send again) or AMBIGUOUS (may have been carried out)."""
+    status = status_of(exc)
+    if status is not None:
+        if status in _NOT_DONE:
+            return NOT_DONE
+        return AMBIGUOUS if status in _AMBIGUOUS else FINAL
+    if isinstance(exc, ksa_exc.SSLError):
+        return FINAL  # a certificate problem does not heal by trying again
+    if isinstance(exc, ksa_exc.DiscoveryFailure):
+        return NOT_DONE  # the version document could not be read: the call itself was not sent
+    # a timeout or a connection dropped before the answer: the request may have arrived
+    if isinstance(exc, (ksa_exc.ConnectionError, ConnectionError, TimeoutError)):
+        return AMBIGUOUS
+    return FINAL
+
+
 def is_transient(exc):
-    if isinstance(exc, os_exc.HttpException):
-        return exc.status_code in _RETRY_ALWAYS or exc.status_code in _RETRY_IDEMPOTENT
-    return isinstance(exc, (os_exc.SDKException, ConnectionError, TimeoutError)) and not isinstance(
-        exc, os_exc.ResourceNotFound)
+    return classify(exc) != FINAL
 
 
 def _retry_after(exc):
@@ -103,26 +150,66 @@ class CloudAdapter:
                     self._conn = openstack.connect(**self.connect_kwargs)
             return self._conn
 
-    async def run(self, fn, *args, idempotent=True, **kwargs):
-        """Call ``fn(conn, *args, **kwargs)`` in the pool; retry transient failures."""
+    async def _call(self, fn, *args, **kwargs):
+        self.calls += 1
         loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, self.conn, *args, **kwargs))
+
+    def _delay(self, exc, attempt):
+        delay = _retry_after(exc)
+        if delay is None:
+            delay = min(self.backoff * (2 ** (attempt - 1)), MAX_BACKOFF) * (0.5 + random.random())
+        return delay
+
+    async def run(self, fn, *args, idempotent=True, **kwargs):
+        """Call ``fn(conn, *args, **kwargs)`` in the pool; retry transient failures.
+
+        For reads and deletes (``idempotent``): sending them again is always safe.  A call
+        that creates something belongs in :meth:`create`; ``idempotent=False`` retries only
+        what certainly was not carried out (429, 503).
+        """
         attempt = 0
         while True:
             attempt += 1
-            self.calls += 1
             try:
-                return await loop.run_in_executor(
-                    self.executor, functools.partial(fn, self.conn, *args, **kwargs))
+                return await self._call(fn, *args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - classified below
-                status = getattr(exc, "status_code", None)
-                retryable = (status in _RETRY_ALWAYS) or (
-                    idempotent and (status in _RETRY_IDEMPOTENT or (status is None and is_transient(exc))))
+                kind = classify(exc)
+                retryable = kind == NOT_DONE or (idempotent and kind == AMBIGUOUS)
                 if not retryable or attempt > self.retries:
                     raise
-                delay = _retry_after(exc)
-                if delay is None:
-                    delay = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
+                delay = self._delay(exc, attempt)
                 log.warning("cloud call %s failed (%s), retry %d/%d in %.1fs",
-                            getattr(fn, "__name__", fn), status or type(exc).__name__,
+                            getattr(fn, "__name__", fn), status_of(exc) or type(exc).__name__,
                             attempt, self.retries, delay)
+                await asyncio.sleep(delay)
+
+    async def create(self, make, find, what="resource"):
+        """Create something with ``make(conn)``, safe to repeat.
+
+        After an ambiguous failure ``find(conn)`` (a read, retried on its own) looks for
+        what the lost create may have made and returns it, or None; only when nothing is
+        found is the create sent again.  ``find`` must recognise only what this very
+        request would have made (a name plus a marker unique to the request).
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._call(make)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                kind = classify(exc)
+                if kind == FINAL:
+                    raise
+                if kind == AMBIGUOUS:
+                    found = await self.run(find)
+                    if found is not None:
+                        log.warning("creating a %s failed (%s), but the cloud had made it: using it",
+                                    what, status_of(exc) or type(exc).__name__)
+                        return found
+                if attempt > self.retries:
+                    raise
+                delay = self._delay(exc, attempt)
+                log.warning("creating a %s failed (%s), nothing was made; retry %d/%d in %.1fs",
+                            what, status_of(exc) or type(exc).__name__, attempt, self.retries, delay)
                 await asyncio.sleep(delay)

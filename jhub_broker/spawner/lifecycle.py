@@ -6,11 +6,12 @@ any later placement (e.g. shared Docker hosts) drive it.
 import asyncio
 import base64
 import logging
+import secrets
 import time
 
 from openstack import exceptions as os_exc
 
-from .cloud import CloudError, error_text
+from .cloud import CloudError
 
 log = logging.getLogger("jhub_broker.spawner.lifecycle")
 
@@ -86,11 +87,39 @@ class VMLifecycle:
         return await self._cached(("networks", tuple(names)), resolve, list(names))
 
     async def limits(self):
-        def get(conn):
+        """Used and allowed: servers, vCPUs, RAM (Nova) and volume gigabytes (Cinder); a limit < 0 is unlimited."""
+        def compute(conn):
             lim = conn.compute.get_limits().absolute
             return {"instances": (lim.instances_used, lim.instances), "cores": (lim.total_cores_used, lim.total_cores),
                     "ram": (lim.total_ram_used, lim.total_ram)}
-        return await self.adapter.run(get)
+
+        def volume(conn):
+            lim = conn.block_storage.get_limits().absolute
+            return (lim.total_gigabytes_used, lim.max_total_volume_gigabytes)
+        async def volume_or_none():
+            try:
+                return await self.adapter.run(volume)
+            except Exception as e:  # noqa: BLE001 - a cloud without Cinder limits still has Nova's
+                log.info("no volume limits from the cloud: %s", e)
+                return None
+        out, gigabytes = await asyncio.gather(self.adapter.run(compute), volume_or_none())
+        if gigabytes is not None:
+            out["gigabytes"] = gigabytes
+        return out
+
+    # -- tags ------------------------------------------------------------------------------
+    async def _tag_or_delete(self, what, resource, tags, delete):
+        """Apply ``tags`` (retried like every idempotent call); a resource that stays untagged is
+        deleted: the reaper finds this hub's resources by their tag, so an untagged one would leak."""
+        try:
+            await self.adapter.run(lambda conn: conn.network.set_tags(resource, tags))
+        except Exception as exc:
+            log.error("could not tag the new %s %s: %s; deleting it", what, resource.id, exc)
+            try:
+                await self.adapter.run(delete)
+            except Exception as e:  # noqa: BLE001
+                log.error("could not delete the untagged %s %s: %s", what, resource.id, e)
+            raise
 
     # -- security group --------------------------------------------------------------------
     async def ensure_security_group(self, port, cidrs):
@@ -101,48 +130,74 @@ class VMLifecycle:
             if hit:
                 return hit[1]
 
-            def ensure(conn):
-                sg = conn.network.find_security_group(name, ignore_missing=True)
-                if sg is None:
-                    sg = conn.network.create_security_group(
-                        name=name, description=f"jhub_broker: notebook port {port} from the hub only")
-                    try:
-                        conn.network.set_tags(sg, [self.tag])
-                    except os_exc.SDKException:
-                        pass
-                have = {(r.port_range_min, r.remote_ip_prefix) for r in conn.network.security_group_rules(
+            def find(conn):
+                return conn.network.find_security_group(name, ignore_missing=True)
+
+            sg = await self.adapter.run(find)
+            made = sg is None
+            if made:
+                sg = await self.adapter.create(
+                    lambda conn: conn.network.create_security_group(
+                        name=name, description=f"jhub_broker: notebook port {port} from the hub only"),
+                    find, "security group")
+            if self.tag not in (sg.tags or []):
+                tags = sorted(set(sg.tags or []) | {self.tag})
+                if made:
+                    await self._tag_or_delete("security group", sg, tags,
+                                              lambda conn: conn.network.delete_security_group(sg, ignore_missing=True))
+                else:  # an existing group may be in use by running servers: never deleted here
+                    await self.adapter.run(lambda conn: conn.network.set_tags(sg, tags))
+
+            def rules(conn):
+                return {(r.port_range_min, r.remote_ip_prefix) for r in conn.network.security_group_rules(
                     security_group_id=sg.id) if r.direction == "ingress"}
-                for cidr in cidrs:
-                    if (port, cidr) not in have:
-                        conn.network.create_security_group_rule(
-                            security_group_id=sg.id, direction="ingress", ethertype="IPv6" if ":" in cidr else "IPv4",
-                            protocol="tcp", port_range_min=port, port_range_max=port, remote_ip_prefix=cidr)
-                return sg.name
-            value = await self.adapter.run(ensure)
-            self._lookups[key] = (float("inf"), value)
-            return value
+            have = await self.adapter.run(rules)
+            for cidr in cidrs:
+                if (port, cidr) in have:
+                    continue
+
+                def make(conn, cidr=cidr):
+                    try:
+                        return conn.network.create_security_group_rule(
+                            security_group_id=sg.id, direction="ingress",
+                            ethertype="IPv6" if ":" in cidr else "IPv4", protocol="tcp",
+                            port_range_min=port, port_range_max=port, remote_ip_prefix=cidr)
+                    except os_exc.ConflictException:
+                        return True  # Neutron: the same rule exists already
+
+                def find_rule(conn, cidr=cidr):
+                    return True if (port, cidr) in rules(conn) else None
+                await self.adapter.create(make, find_rule, "security group rule")
+            self._lookups[key] = (float("inf"), sg.name)
+            return sg.name
 
     # -- volumes -------------------------------------------------------------------------
     async def ensure_volume(self, volume_id, name, size, metadata, volume_type=None, availability_zone=None,
                             timeout=180):
-        """The user's data volume: the one in state, else the one named so, else a new one."""
-        def find(conn):
-            if volume_id:
-                vol = conn.block_storage.find_volume(volume_id, ignore_missing=True)
-                if vol is not None:
-                    return vol.id, False
+        """The user's data volume: the one in state, else the one named so, else a new one.
+
+        Cinder volumes have no tags: the hub tag goes into the volume's metadata
+        (``jhub_broker_tag``, next to ``jhub_broker_hub``, ``jhub_broker_user``), which
+        adoption (here) and the reaper read.
+        """
+        def find_named(conn):
             for vol in conn.block_storage.volumes(details=True, name=name):
                 if (vol.metadata or {}).get("jhub_broker_hub") == self.hub_id:
-                    return vol.id, False
-            attrs = {"name": name, "size": size, "metadata": metadata,
+                    return vol.id
+            return None
+
+        vid = await self.find_volume(volume_id, name)
+        created = vid is None
+        if created:
+            attrs = {"name": name, "size": size, "metadata": dict(metadata, jhub_broker_tag=self.tag),
                      "description": "jhub_broker: notebook data, kept when the server stops"}
             if volume_type:
                 attrs["volume_type"] = volume_type
             if availability_zone:
                 attrs["availability_zone"] = availability_zone
-            return conn.block_storage.create_volume(**attrs).id, True
-
-        vid, created = await self.adapter.run(find, idempotent=False)
+            # the name is the user's and the metadata the hub's: what a lost create made is found by them
+            vid = await self.adapter.create(lambda conn: conn.block_storage.create_volume(**attrs).id,
+                                            find_named, "data volume")
         deadline = time.monotonic() + timeout
         while True:
             status = await self.adapter.run(lambda conn: conn.block_storage.get_volume(vid).status)
@@ -155,6 +210,19 @@ class VMLifecycle:
                                  f"(status {status}): is it still attached to another server?")
             await asyncio.sleep(0.2)
 
+    async def find_volume(self, volume_id, name):
+        """The id of the user's data volume (by id, else by name and this hub's metadata), or None."""
+        def find(conn):
+            if volume_id:
+                vol = conn.block_storage.find_volume(volume_id, ignore_missing=True)
+                if vol is not None:
+                    return vol.id
+            for vol in conn.block_storage.volumes(details=True, name=name):
+                if (vol.metadata or {}).get("jhub_broker_hub") == self.hub_id:
+                    return vol.id
+            return None
+        return await self.adapter.run(find)
+
     async def delete_volume(self, volume_id):
         def delete(conn):
             conn.block_storage.delete_volume(volume_id, ignore_missing=True)
@@ -163,10 +231,13 @@ class VMLifecycle:
     # -- servers ---------------------------------------------------------------------------
     async def create_server(self, *, name, image_id, flavor_id, network_ids, security_groups, user_data,
                             metadata, tags, key_name=None, availability_zone=None, volume_id=None):
+        # a marker of this request only: after a lost answer the server it made is told apart
+        # from any other of the same name (e.g. one of an earlier attempt, still being deleted)
+        marker = secrets.token_hex(8)
         attrs = {"name": name, "image_id": image_id, "flavor_id": flavor_id,
                  "networks": [{"uuid": n} for n in network_ids],
                  "security_groups": [{"name": g} for g in security_groups],
-                 "metadata": metadata, "tags": tags,
+                 "metadata": dict(metadata, jhub_broker_request=marker), "tags": tags,
                  "user_data": base64.b64encode(user_data.encode()).decode()}
         if key_name:
             attrs["key_name"] = key_name
@@ -178,7 +249,13 @@ class VMLifecycle:
                  "delete_on_termination": True},
                 {"boot_index": -1, "uuid": volume_id, "source_type": "volume", "destination_type": "volume",
                  "delete_on_termination": False}]
-        server = await self.adapter.run(lambda conn: conn.compute.create_server(**attrs), idempotent=False)
+
+        def find(conn):
+            for s in conn.compute.servers(details=True, tags=self.tag):
+                if s.name == name and (s.metadata or {}).get("jhub_broker_request") == marker:
+                    return s
+            return None
+        server = await self.adapter.create(lambda conn: conn.compute.create_server(**attrs), find, "server")
         return server.id
 
     async def server_fault(self, server_id):
@@ -226,21 +303,41 @@ class VMLifecycle:
                     return a["addr"]
         return None
 
+    @property
+    def fip_mark(self):
+        """How the description of this hub's floating IPs begins."""
+        return f"jhub_broker hub={self.hub_id} "
+
+    def fip_description(self, user, server=""):
+        """What a floating IP says about itself (Neutron has no metadata on floating IPs): hub, user, server."""
+        text = f"{self.fip_mark}user={user}" + (f" server={server}" if server else "")
+        return text[:255]
+
     async def attach_floating_ip(self, server_id, pool, description):
-        def attach(conn):
-            net = conn.network.find_network(pool, ignore_missing=True)
-            if net is None or not net.is_router_external:
-                raise CloudError(f"The floating IP pool {pool!r} is not an external network of this cloud.")
-            ports = list(conn.network.ports(device_id=server_id))
-            if not ports:
-                raise CloudError("The server has no network port to attach a floating IP to.")
-            fip = conn.network.create_ip(floating_network_id=net.id, port_id=ports[0].id, description=description)
-            try:
-                conn.network.set_tags(fip, [self.tag])
-            except os_exc.SDKException:
-                pass
-            return fip.id, fip.floating_ip_address
-        return await self.adapter.run(attach, idempotent=False)
+        """A floating IP from ``pool`` on the server's port, tagged with the hub tag.
+
+        One cloud call per step, so each read is retried on its own and the create is
+        safe to repeat (a lost create is found again by the port it was made for).
+        """
+        net = await self._cached(("pool", pool),
+                                 lambda conn, p: conn.network.find_network(p, ignore_missing=True), pool)
+        if net is None or not net.is_router_external:
+            raise CloudError(f"The floating IP pool {pool!r} is not an external network of this cloud.")
+        ports = await self.adapter.run(lambda conn: [p.id for p in conn.network.ports(device_id=server_id)])
+        if not ports:
+            raise CloudError("The server has no network port to attach a floating IP to.")
+        port_id = ports[0]
+
+        def find(conn):
+            return next(iter(conn.network.ips(port_id=port_id)), None)
+        fip = await self.adapter.create(
+            lambda conn: conn.network.create_ip(floating_network_id=net.id, port_id=port_id,
+                                                description=description),
+            find, "floating IP")
+        if self.tag not in (fip.tags or []):
+            await self._tag_or_delete("floating IP", fip, sorted(set(fip.tags or []) | {self.tag}),
+                                      lambda conn: conn.network.delete_ip(fip.id, ignore_missing=True))
+        return fip.id, fip.floating_ip_address
 
     async def release_floating_ip(self, fip_id):
         await self.adapter.run(lambda conn: conn.network.delete_ip(fip_id, ignore_missing=True))

@@ -11,13 +11,15 @@ from urllib.parse import urlparse, urlunparse
 
 from jupyterhub.spawner import Spawner, SpawnException
 from jupyterhub.utils import exponential_backoff, make_ssl_context
+from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as os_exc
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import default
 
 from . import bootstrap, tls
-from .cloud import CloudAdapter, CloudError, error_text
+from .cloud import CloudAdapter, CloudError
 from .lifecycle import VMLifecycle
+from .messages import explain
 from .options import OptionsForm
 from .reaper import Reaper
 from .servercache import ServerCache
@@ -101,20 +103,24 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
             loader = openstack.config.OpenStackConfig(config_files=files, load_envvars=False) if files \
                 else openstack.config.OpenStackConfig(load_envvars=False)
             region = self.region_name or None
-            return {"config": loader.get_one(cloud=self.cloud, region_name=region)}
+            return {"config": loader.get_one(cloud=self.cloud, region_name=region, **self._timeout_kwargs())}
         if not self.auth:
             raise SpawnException("OpenStackSpawner is not configured: set c.OpenStackSpawner.cloud "
                                  "(a clouds.yaml entry) or c.OpenStackSpawner.auth.", reason="config")
         auth_type = self.auth_type or ("v3applicationcredential" if "application_credential_id" in self.auth
                                        or "application_credential_secret" in self.auth else "password")
-        kwargs.update(auth_type=auth_type, auth=dict(self.auth))
+        kwargs.update(auth_type=auth_type, auth=dict(self.auth), **self._timeout_kwargs())
         if self.region_name:
             kwargs["region_name"] = self.region_name
         return kwargs
 
+    def _timeout_kwargs(self):
+        # a hung answer becomes a timeout, which the adapter treats like a lost answer
+        return {"api_timeout": self.api_timeout} if self.api_timeout > 0 else {}
+
     def _cloud_key(self):
         return (self.cloud, self.clouds_yaml or os.environ.get("OS_CLIENT_CONFIG_FILE", ""),
-                tuple(sorted((k, str(v)) for k, v in self.auth.items())), self.region_name)
+                tuple(sorted((k, str(v)) for k, v in self.auth.items())), self.region_name, self.api_timeout)
 
     @property
     def adapter(self):
@@ -259,9 +265,10 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         except SpawnException:
             await self._cleanup_failed(created)
             raise
-        except (CloudError, os_exc.SDKException) as e:
+        except (CloudError, os_exc.SDKException, ksa_exc.ClientException) as e:
             await self._cleanup_failed(created)
-            message = self._explain(e)
+            message = explain(created.get("step"), e)
+            self.log.warning("spawn of %s failed at step %s: %r", self._log_name, created.get("step"), e)
             self._progress(100, message)
             raise SpawnException(message, reason="cloud") from None
         except asyncio.CancelledError:
@@ -278,6 +285,7 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         bootstrap.ensure_registered(self.log)
         lc = self.lifecycle
         self._ensure_reaper()
+        created["step"] = "prepare"
         flavor, image = await self._chosen()
         self._progress(5, f"Preparing a {flavor['name']} server with {image['name']}")
         network_ids = await lc.network_ids(self.networks)
@@ -286,6 +294,7 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
             groups.append(await lc.ensure_security_group(self.notebook_port, self._allowed_cidrs()))
 
         if self.volume_size > 0:
+            created["step"] = "volume"
             self._progress(10, "Preparing your data volume")
             self.volume_id, fresh = await lc.ensure_volume(
                 self.volume_id, self._volume_name(), self.volume_size, self._resource_metadata(),
@@ -303,6 +312,7 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         user_data = self._render_user_data(secret, s3_helper="JHUB_BROKER_AWS_CONFIG" in env)
 
         name = self._server_name()
+        created["step"] = "server"
         self._progress(25, f"Requesting server {name}")
         self.server_id = await lc.create_server(
             name=name, image_id=image["id"], flavor_id=flavor["id"], network_ids=network_ids,
@@ -326,9 +336,10 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         self._progress(50, "Server is active, booting")
 
         fixed = lc.fixed_ip(entry)
+        created["step"] = "address"
         if self.floating_ip_pool:
             self.floating_ip_id, self.address = await lc.attach_floating_ip(
-                self.server_id, self.floating_ip_pool, f"jhub_broker: {self.user.name} {self.name or ''}".strip())
+                self.server_id, self.floating_ip_pool, lc.fip_description(self.user.name, self.name or ""))
             created["floating_ip"] = self.floating_ip_id
         else:
             self.address = fixed
@@ -338,6 +349,7 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
             # the key exists only in this payload (memory) until the VM redeems it; revoked on failure/stop
             bootstrap.registry.release(owner, ssl=await self._sign_certificate([fixed, self.address]))
         self._progress(60, f"Address {self.address} assigned; waiting for the notebook server")
+        created["step"] = "notebook"
 
         await self._wait_for_notebook(owner)
         Reaper.in_flight.discard(self.server_id)
@@ -453,17 +465,6 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
             return ""
         tail = await self.lifecycle.console_tail(self.server_id, 15)
         return f" Last lines of the VM's console:\n{tail}" if tail else ""
-
-    def _explain(self, exc):
-        text = exc.message if isinstance(exc, CloudError) else error_text(exc)
-        low = text.lower()
-        if "quota exceeded" in low or "quota" in low and getattr(exc, "status_code", None) in (403, 409, 413):
-            return f"Your server could not start: the project's quota is used up. {text}"
-        if "too small" in low or "smaller than the minimum" in low:
-            return f"The chosen image needs a bigger flavor: {text}"
-        if "no valid host" in low:
-            return f"The cloud has no room for this server right now: {text} Try a smaller flavor or try later."
-        return text if isinstance(exc, CloudError) else f"The cloud refused the request: {text}"
 
     async def _cleanup_failed(self, created):
         """Delete what this spawn created; never the user's data volume."""

@@ -1,12 +1,46 @@
-"""The options form: flavor and image choices, checked against image needs and quota."""
+"""The options form: flavor and image choices, checked against image needs and the remaining quota."""
+import asyncio
 import json
+import logging
 from html import escape
 
 from jupyterhub.spawner import SpawnException
 
+from .messages import clip
+
+log = logging.getLogger("jhub_broker.spawner.options")
+
 
 def _fits(flavor, image):
     return flavor["ram"] >= (image.get("min_ram") or 0) and flavor["disk"] >= (image.get("min_disk") or 0)
+
+
+def remaining(limits):
+    """What is left of each quota ({"instances", "cores", "ram", "gigabytes"}); None: unlimited or unknown."""
+    out = {}
+    for key in ("instances", "cores", "ram", "gigabytes"):
+        used, limit = (limits or {}).get(key) or (None, None)
+        out[key] = None if limit is None or limit < 0 else max(limit - (used or 0), 0)
+    return out
+
+
+def over_quota(flavor, left, new_volume_gb=0):
+    """Why ``flavor`` does not fit the remaining quota (a list of reasons; empty when it fits)."""
+    reasons = []
+    if left["instances"] is not None and left["instances"] < 1:
+        reasons.append(f"{left['instances']} servers left")
+    if left["cores"] is not None and flavor["vcpus"] > left["cores"]:
+        reasons.append(f"needs {int(flavor['vcpus'])} vCPUs, {left['cores']} left")
+    if left["ram"] is not None and flavor["ram"] > left["ram"]:
+        reasons.append(f"needs {int(flavor['ram'])} MiB RAM, {left['ram']} MiB left")
+    if new_volume_gb and left["gigabytes"] is not None and new_volume_gb > left["gigabytes"]:
+        reasons.append(f"a new {new_volume_gb} GB data volume needs {new_volume_gb} GB, {left['gigabytes']} GB left")
+    return reasons
+
+
+def _quoted(value):
+    """A value the user sent, fit to echo: clipped, without control characters."""
+    return repr(clip(value, 60))
 
 
 class OptionsForm:
@@ -27,25 +61,37 @@ class OptionsForm:
         images = [await self.lc.image(n) for n in names]
         return flavors, images
 
+    async def _new_volume_gb(self):
+        """GB of the data volume this spawn would create (0 when the user's volume exists or none is used)."""
+        sp = self.spawner
+        if sp.volume_size <= 0:
+            return 0
+        return 0 if await self.lc.find_volume(sp.volume_id, sp._volume_name()) else sp.volume_size
+
+    async def quota(self):
+        """(remaining quota, GB of a new volume), or (None, 0) when the cloud does not say."""
+        try:
+            limits, new_volume_gb = await asyncio.gather(self.lc.limits(), self._new_volume_gb())
+            return remaining(limits), new_volume_gb
+        except Exception as e:  # noqa: BLE001 - without numbers the cloud itself enforces its quota
+            log.warning("could not read the project's quota: %s", e)
+            return None, 0
+
     async def render(self):
         sp = self.spawner
         flavors, images = await self.choices()
         if not sp.enable_options_form or (len(flavors) <= 1 and len(images) <= 1):
             return ""
-        try:
-            limits = await self.lc.limits()
-        except Exception:  # noqa: BLE001 - the form still works without the quota line
-            limits = None
+        left, new_volume_gb = await self.quota()
         default_image = next((i for i in images if i["name"] == sp.image or i["id"] == sp.image), images[0])
         rows = []
-        if limits:
-            (iu, im), (cu, cm), (ru, rm) = limits["instances"], limits["cores"], limits["ram"]
-
-            def left(used, limit):
-                return "unlimited" if limit is None or limit < 0 else str(max(limit - used, 0))
-            rows.append(
-                f'<p class="help-block" id="openstack-quota">Remaining in the project: {left(iu, im)} servers, '
-                f"{left(cu, cm)} vCPUs, {escape(left(ru, rm))} MiB RAM.</p>")
+        if left:
+            def show(value, unit):
+                return "unlimited " + unit if value is None else f"{value} {unit}"
+            volume = f", {show(left['gigabytes'], 'GB of volumes')}" if new_volume_gb else ""
+            rows.append(f'<p class="help-block" id="openstack-quota">Remaining in the project: '
+                        f'{show(left["instances"], "servers")}, {show(left["cores"], "vCPUs")}, '
+                        f'{show(left["ram"], "MiB RAM")}{volume}.</p>')
         rows.append('<div class="form-group"><label for="openstack-image">Image</label>'
                     '<select class="form-control" name="image" id="openstack-image">')
         for im in images:
@@ -57,15 +103,20 @@ class OptionsForm:
         default_flavor = sp.flavor
         chosen = False
         for f in flavors:
+            over = over_quota(f, left, new_volume_gb) if left else []
             fits = _fits(f, default_image)
             sel = ""
-            if fits and not chosen and (f["name"] == default_flavor or f["id"] == default_flavor or not default_flavor):
+            if fits and not over and not chosen and (
+                    f["name"] == default_flavor or f["id"] == default_flavor or not default_flavor):
                 sel, chosen = " selected", True
-            disabled = "" if fits else " disabled"
+            disabled = "" if fits and not over else " disabled"
             why = "" if fits else " (too small for this image)"
+            if over:
+                why += f" (over the remaining quota: {'; '.join(over)})"
+            quota_attr = ' data-over-quota="1"' if over else ""
             rows.append(f'<option value="{escape(f["name"])}" data-ram="{int(f["ram"])}" data-disk="{int(f["disk"])}"'
-                        f'{sel}{disabled}>{escape(f["name"])}: {int(f["vcpus"])} vCPU, {int(f["ram"])} MiB RAM, '
-                        f'{int(f["disk"])} GB disk{why}</option>')
+                        f'{quota_attr}{sel}{disabled}>{escape(f["name"])}: {int(f["vcpus"])} vCPU, {int(f["ram"])} '
+                        f'MiB RAM, {int(f["disk"])} GB disk{escape(why)}</option>')
         rows.append("</select></div>")
         # re-evaluates which flavors fit when another image is picked; server-side validation still decides
         rows.append("""<script>
@@ -74,7 +125,7 @@ class OptionsForm:
   function update() {
     var o = im.options[im.selectedIndex], r = +o.dataset.minRam, d = +o.dataset.minDisk;
     for (var i = 0; i < fl.options.length; i++) {
-      var f = fl.options[i], ok = (+f.dataset.ram >= r) && (+f.dataset.disk >= d);
+      var f = fl.options[i], ok = (+f.dataset.ram >= r) && (+f.dataset.disk >= d) && !f.dataset.overQuota;
       f.disabled = !ok;
       if (!ok && f.selected) { f.selected = false; }
     }
@@ -99,7 +150,7 @@ class OptionsForm:
         image_name = options.get("image") or sp.image or images[0]["name"]
         image = next((i for i in images if image_name in (i["name"], i["id"])), None)
         if image is None:
-            raise SpawnException(f"The image {image_name!r} is not offered on this hub. Choose one of: "
+            raise SpawnException(f"The image {_quoted(image_name)} is not offered on this hub. Choose one of: "
                                  f"{', '.join(i['name'] for i in images)}.", reason="options")
         flavor_name = options.get("flavor") or sp.flavor
         if not flavor_name:
@@ -107,16 +158,27 @@ class OptionsForm:
             if not fitting:
                 raise SpawnException(f"No offered flavor is big enough for the image {image['name']}.",
                                      reason="options")
-            return fitting[0], image
-        flavor = next((f for f in flavors if flavor_name in (f["name"], f["id"])), None)
+            flavor = fitting[0]
+        else:
+            flavor = next((f for f in flavors if flavor_name in (f["name"], f["id"])), None)
         if flavor is None:
-            raise SpawnException(f"The flavor {flavor_name!r} is not offered on this hub. Choose one of: "
+            raise SpawnException(f"The flavor {_quoted(flavor_name)} is not offered on this hub. Choose one of: "
                                  f"{', '.join(f['name'] for f in flavors)}.", reason="options")
         if not _fits(flavor, image):
             raise SpawnException(
                 f"The image {image['name']} needs at least {image['min_ram']} MiB RAM and {image['min_disk']} GB "
                 f"disk; the flavor {flavor['name']} has {flavor['ram']} MiB and {flavor['disk']} GB. "
                 "Choose a bigger flavor.", reason="options")
+        left, new_volume_gb = await self.quota()
+        over = over_quota(flavor, left, new_volume_gb) if left else []
+        if over:
+            fitting = [f["name"] for f in flavors if _fits(f, image) and not over_quota(f, left, new_volume_gb)]
+            hint = (f"Choose a smaller flavor ({', '.join(fitting)} fit{'s' if len(fitting) == 1 else ''}) "
+                    "or stop one of your other servers." if fitting else
+                    "No offered flavor fits: stop one of your other servers or ask the project's manager "
+                    "for more quota.")
+            raise SpawnException(f"The flavor {flavor['name']} does not fit the project's remaining quota: "
+                                 f"{'; '.join(over)}. {hint}", reason="quota")
         return flavor, image
 
     @staticmethod

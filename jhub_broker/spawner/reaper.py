@@ -35,8 +35,19 @@ class Reaper:
         self.lifecycle = spawner.lifecycle
         self.db = spawner.db
         self.interval = spawner.reaper_interval
-        self.grace = spawner.reaper_grace
         self.log = spawner.log
+        self.grace = self.grace_for(spawner)
+
+    @staticmethod
+    def grace_for(spawner):
+        """The configured grace, never shorter than the longest spawn: after a hub
+        restart a server still booting is in no spawner's state and in no in-flight set."""
+        least = spawner.boot_timeout + spawner.notebook_timeout
+        if spawner.reaper_grace < least:
+            spawner.log.warning("reaper_grace %.0f s is shorter than a spawn may take (boot_timeout + "
+                                "notebook_timeout): using %.0f s", spawner.reaper_grace, least)
+            return least
+        return spawner.reaper_grace
 
     @classmethod
     def ensure(cls, spawner):
@@ -86,8 +97,10 @@ class Reaper:
 
         def listing(conn):
             servers = [(s.id, s.name, s.created_at) for s in conn.compute.servers(details=True, tags=tag)]
-            fips = [(f.id, f.floating_ip_address, f.created_at, f.port_id)
-                    for f in conn.network.ips(tags=tag)]
+            # tagged, or made by this hub but not tagged yet (the hub stopped between create and tag)
+            mark = lc.fip_mark
+            fips = [(f.id, f.floating_ip_address, f.created_at, f.port_id) for f in conn.network.ips()
+                    if tag in (f.tags or []) or (f.description or "").startswith(mark)]
             vols = [(v.id, v.name, v.created_at, (v.metadata or {}).get("jhub_broker_user"), v.status)
                     for v in conn.block_storage.volumes(details=True)
                     if (v.metadata or {}).get("jhub_broker_hub") == hub_id]

@@ -1,6 +1,6 @@
 """The operator-facing configuration of OpenStackSpawner (``c.OpenStackSpawner.*``)."""
 import jupyterhub
-from traitlets import Bool, Dict, Enum, Float, HasTraits, Integer, List, Unicode
+from traitlets import Bool, Dict, Enum, Float, HasTraits, Integer, List, Unicode, default
 
 
 class OpenStackTraits(HasTraits):
@@ -19,7 +19,14 @@ class OpenStackTraits(HasTraits):
     auth_type = Unicode("", config=True, help="Keystone auth plugin for `auth` (default: v3applicationcredential when an application credential is given, else password).")
     region_name = Unicode("", config=True, help="Region of the cloud (default: the cloud's only/first region).")
     api_concurrency = Integer(8, config=True, help="Most cloud API calls in flight at once for the whole hub (openstacksdk is blocking; calls run in a thread pool of this size).")
-    api_retries = Integer(4, config=True, help="Retries of a cloud call that failed transiently (429 with Retry-After, 502/503/504, dropped connection).")
+    api_retries = Integer(4, config=True, help="""Retries of a cloud call that failed transiently (429 with Retry-After, 5xx,
+        a dropped connection, a timeout). Reads and deletes are sent again; a create whose answer was lost
+        (500/502/504, timeout, dropped connection) is sent again only after the hub looked for what it may
+        have made (by name plus hub tag or metadata) and found nothing.""")
+    api_timeout = Float(60, config=True, help="""Seconds to wait for each answer of the cloud's API (0: wait forever).
+
+        A hung answer becomes a timeout, retried like a dropped connection (creates are checked for
+        first, see `api_retries`).""")
 
     # --- the server ------------------------------------------------------------------------
     image = Unicode("", config=True, help="Image name or id to boot (default choice in the options form).")
@@ -86,9 +93,21 @@ class OpenStackTraits(HasTraits):
     delete_timeout = Float(180, config=True, help="Seconds to wait for the server to be gone on stop.")
     cache_interval = Float(10, config=True, help="Seconds between the hub-wide server list calls that serve every poll().")
     reaper_interval = Float(300, config=True, help="Seconds between sweeps for orphaned servers, floating IPs and volumes of this hub; 0 disables the reaper.")
-    reaper_grace = Float(900, config=True, help="Orphans younger than this (seconds) are left alone, so a spawn in flight is never reaped.")
+    reaper_grace = Float(config=True, help="""Orphans younger than this (seconds) are left alone, so a spawn in flight is never reaped.
+
+        Default: `boot_timeout` + `notebook_timeout` + 300. A server a hub started before it restarted is
+        known to no spawner until its spawn ends, so the grace must outlast the longest spawn: a value
+        below `boot_timeout` + `notebook_timeout` is raised to that (with a warning).""")
 
     # --- options form ----------------------------------------------------------------------
     flavor_choices = List(Unicode(), config=True, help="Flavors offered in the options form (names); empty offers every flavor the cloud lists.")
     image_choices = List(Unicode(), config=True, help="Images offered in the options form (names); empty offers only `image`.")
     enable_options_form = Bool(True, config=True, help="Show the flavor/image form when more than one choice exists.")
+
+    @default("reaper_grace")
+    def _reaper_grace_default(self):
+        return self.boot_timeout + self.notebook_timeout + REAPER_MARGIN
+
+
+# seconds beyond the longest spawn (boot_timeout + notebook_timeout) before an orphan may be reaped
+REAPER_MARGIN = 300

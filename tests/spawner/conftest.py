@@ -146,3 +146,48 @@ def tagged(cloud, tag="jhub-broker-hub-test"):
     fips = list(conn.network.ips(tags=tag))
     vols = [v for v in conn.block_storage.volumes(details=True) if (v.metadata or {}).get("jhub_broker_hub") == "test"]
     return servers, fips, vols
+
+
+def footprint(cloud):
+    """Ids of what the project holds that a spawn makes and a stop must remove: servers, floating IPs,
+    the servers' ports, and volumes other than the users' data volumes (which outlive servers)."""
+    conn = cloud.connect()
+    return {"servers": {s.id for s in conn.compute.servers()},
+            "floating_ips": {f.id for f in conn.network.ips()},
+            "ports": {p.id for p in conn.network.ports() if (p.device_owner or "").startswith("compute:")},
+            "volumes": {v.id for v in conn.block_storage.volumes() if not (v.name or "").startswith("jupyter-data-")}}
+
+
+class injected_faults:
+    """``async with injected_faults(cloud, rules):`` the cloud applies ``rules`` inside the block only."""
+
+    def __init__(self, cloud, rules):
+        self.cloud, self.rules = cloud, rules
+
+    async def __aenter__(self):
+        await asyncio.to_thread(self.cloud.admin, "POST", "/_emulator/faults", {"faults": self.rules})
+        return self
+
+    async def fired(self):
+        return (await asyncio.to_thread(self.cloud.admin, "GET", "/_emulator/faults"))["faults"]
+
+    async def __aexit__(self, *exc):
+        await asyncio.to_thread(self.cloud.admin, "DELETE", "/_emulator/faults")
+
+
+async def failed_spawn(hub, name, options=None):
+    """Start a server that must fail; the message the user is shown.
+
+    A spawn failing within the hub's slow_spawn_timeout answers the start request
+    itself; a slower one reports through the progress stream of the spawn page.
+    """
+    hub.token(name)
+    r = await hub.api("POST", f"users/{name}/server", json=options or {})
+    if r.status_code >= 400:
+        return r.json()["message"]
+    assert r.status_code == 202, r.text
+    model = await hub.wait_ready(name, timeout=180)
+    assert model is None or not model.get("ready"), "the spawn should have failed"
+    events = await hub.progress_events(name)
+    assert events and events[-1].get("failed"), events
+    return events[-1]["message"]

@@ -1,25 +1,7 @@
 """Failed spawns: the user reads what happened, and the cloud keeps nothing of the attempt."""
 import asyncio
 
-from .conftest import tagged
-
-
-async def _failed_spawn(hub, name, options=None):
-    """Start a server that must fail; the message the user is shown.
-
-    A spawn failing within the hub's slow_spawn_timeout answers the start request
-    itself; a slower one reports through the progress stream of the spawn page.
-    """
-    hub.token(name)
-    r = await hub.api("POST", f"users/{name}/server", json=options or {})
-    if r.status_code >= 400:
-        return r.json()["message"]
-    assert r.status_code == 202, r.text
-    model = await hub.wait_ready(name, timeout=180)
-    assert model is None or not model.get("ready"), "the spawn should have failed"
-    events = await hub.progress_events(name)
-    assert events and events[-1].get("failed"), events
-    return events[-1]["message"]
+from .conftest import failed_spawn as _failed_spawn, tagged
 
 
 async def _nothing_left(cloud):
@@ -30,11 +12,18 @@ async def _nothing_left(cloud):
 
 
 async def test_quota_exceeded_message_with_numbers(os_hub, make_cloud):
-    cloud = make_cloud({"quotas": {"instances": 0}, "boot_delay": 0.2})
+    cloud = make_cloud({"quotas": {"instances": 0, "floatingip": 0}, "boot_delay": 0.2})
     app, hub = await os_hub(cloud=cloud, floating_ip_pool="public")
+    # the hub reads the quota before it asks the cloud
     message = await _failed_spawn(hub, "quota-user")
-    assert "quota" in message.lower()
-    assert "Requested 1, but already used 0 of 0 instances" in message
+    assert "m1.small does not fit the project's remaining quota: 0 servers left" in message, message
+    # a quota the form does not know (floating IPs): the cloud refuses, and the user reads which step
+    # failed, the cloud's own words, its status, and what to do
+    await asyncio.to_thread(cloud.admin, "PUT", "/_emulator/boot", {"quotas": {"instances": 10}})
+    message = await _failed_spawn(hub, "quota-user")
+    assert "Giving your server an address failed: the cloud answered 409 Conflict: " in message, message
+    assert "Quota exceeded for resources: ['floatingip']" in message
+    assert "stop one of your other servers, or ask the project's manager for more quota" in message
     await _nothing_left(cloud)
 
 
@@ -50,6 +39,11 @@ async def test_not_offered_flavor_is_refused(os_hub, local_cloud):
     app, hub = await os_hub(flavor_choices=["m1.small"])
     message = await _failed_spawn(hub, "greedy-user", options={"flavor": "m1.large"})
     assert "not offered" in message and "m1.small" in message
+    # a huge value with terminal escapes is not echoed back whole
+    message = await _failed_spawn(hub, "greedy-user", options={"flavor": "\x1b[31m" + "x" * 100_000})
+    assert "not offered" in message and "m1.small" in message
+    assert len(message) < 500, len(message)
+    assert "\x1b" not in message and "more characters" in message
 
 
 async def test_no_valid_host_fault_reaches_user(os_hub, make_cloud):

@@ -140,3 +140,53 @@ async def test_user_data_is_valid_cloud_config_without_token(os_hub, local_cloud
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Valid" in res.stdout + res.stderr
     await hub.stop_and_wait("grace")
+
+
+async def test_reaper_grace_outlasts_the_longest_spawn(os_hub):
+    from jhub_broker.spawner.traits import OpenStackTraits
+    # the default follows the timeouts, with a margin
+    assert OpenStackTraits(boot_timeout=600, notebook_timeout=600).reaper_grace == 1500
+    # an operator's shorter grace is raised to the longest spawn: after a hub restart a server still
+    # booting is in no spawner's state, and reaping it would kill a spawn that can still succeed
+    app, hub = await os_hub(boot_timeout=600, notebook_timeout=600, reaper_grace=900)
+    hub.token("early")
+    assert Reaper(app.users["early"].spawner).grace == 1200
+
+
+async def test_periodic_reaper_removes_orphans_on_its_interval(os_hub, local_cloud):
+    # the timeouts of a spawn that cannot last longer than 2 s: the grace can be that short
+    app, hub = await os_hub(reaper_interval=0.5, reaper_grace=2, boot_timeout=1, notebook_timeout=1,
+                            volume_size=0)
+    conn = local_cloud.connect()
+
+    def make(name):
+        srv = conn.compute.create_server(
+            name=name, image_id=conn.image.find_image("ubuntu-24.04-jupyter").id,
+            flavor_id=conn.compute.find_flavor("m1.small").id,
+            networks=[{"uuid": conn.network.find_network("private").id}], tags=["jhub-broker-hub-test"])
+        return conn.compute.wait_for_server(srv, wait=60, interval=0.2).id
+    ghost = await asyncio.to_thread(make, "jupyter-test-ghost2")
+    kept = await asyncio.to_thread(make, "jupyter-test-kept")
+    # a server a user's saved state names (as after a hub restart) is not an orphan
+    hub.token("keeper")
+    orm_spawner = app.users["keeper"].spawner.orm_spawner
+    orm_spawner.state = {"server_id": kept}
+    app.db.commit()
+
+    # the reaper task starts with the first spawn (this one fails at once: the flavor is not offered)
+    hub.token("trigger")
+    r = await hub.api("POST", "users/trigger/server", json={"flavor": "m9.none"})
+    assert r.status_code == 400
+    assert Reaper._tasks, "no periodic reaper is running"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        servers, _, _ = await asyncio.to_thread(tagged, local_cloud)
+        if ghost not in {s.id for s in servers}:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        pytest.fail("the periodic reaper did not remove the orphaned server")
+    assert kept in {s.id for s in servers}, "the reaper removed a server a user owns"
+    orm_spawner.state = {}
+    app.db.commit()
+    await asyncio.to_thread(conn.compute.delete_server, kept)

@@ -5,6 +5,7 @@ dir, mode 0600) or a Keystone token with the ``admin`` role.
 """
 import hmac
 
+from .faults import validate
 from .web import APIError, BaseHandler
 
 
@@ -29,11 +30,15 @@ class FaultsHandler(AdminHandler):
 
     def post(self):
         data = self.body()
-        rules = data.get("faults", [data] if data else [])
+        rules = data["faults"] if "faults" in data else [data]
+        if not isinstance(rules, list) or not rules:
+            raise APIError(400, "Invalid fault rule: 'faults' must be a non-empty list of rules")
         try:
-            added = [self.cloud.faults.add(r) for r in rules]
-        except (ValueError, TypeError) as e:
+            for r in rules:  # all or none
+                validate(r)
+        except ValueError as e:
             raise APIError(400, f"Invalid fault rule: {e}")
+        added = [self.cloud.faults.add(r) for r in rules]
         self.send({"faults": [{k: v for k, v in r.items() if not k.startswith("_")} for r in added]}, status=201)
 
     def delete(self):

@@ -8,7 +8,8 @@ from tornado import httpserver, web
 
 from . import admin, keystone
 from .cloud import Cloud, CloudConfig
-from .web import Faults, NotFoundHandler
+from .faults import Faults
+from .web import NotFoundHandler
 
 log = logging.getLogger("jhub_broker.cloud")
 

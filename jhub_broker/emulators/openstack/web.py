@@ -1,7 +1,6 @@
-"""Shared HTTP plumbing: authentication, error bodies, faults, request log."""
+"""Shared HTTP plumbing: authentication, error bodies, request log (faults: ``faults.py``)."""
 import asyncio
 import json
-import re
 
 from tornado import web
 
@@ -32,6 +31,7 @@ class BaseHandler(web.RequestHandler):
 
     service = "identity"
     requires_auth = True
+    _after_fault = None  # a fault rule that replaces this request's answer once it is carried out
 
     def initialize(self, cloud):
         self.cloud = cloud
@@ -76,6 +76,17 @@ class BaseHandler(web.RequestHandler):
             return
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data))
+
+    def finish(self, chunk=None):
+        rule, self._after_fault = self._after_fault, None
+        if rule is None:
+            return super().finish(chunk)
+        # what the handler did stays done; what it would have answered is lost
+        self._write_buffer = []
+        self.cloud.faults.replace_answer(self, rule)
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
 
     def set_default_headers(self):
         self.set_header("Server", "jhub-broker-cloud")
@@ -127,72 +138,3 @@ class NotFoundHandler(BaseHandler):
     async def prepare(self):
         await super().prepare()
         raise APIError(404, "The resource could not be found.")
-
-
-class Faults:
-    """Injected faults: latency, error responses and rate limiting, per route.
-
-    A rule is a dict: ``path`` (regex searched in the request path), optional
-    ``method`` and ``service``, ``latency`` (seconds), ``status`` (500, 503,
-    429...), ``rate`` (0..1, fraction of matching requests that fail; default 1),
-    ``count`` (how many times it may fire; default unlimited), ``retry_after``
-    (seconds, for 429/413/503).  Rules come from the cloud's config file and
-    the admin-only ``/_emulator/faults`` endpoint.
-    """
-
-    def __init__(self, rules=None, seed=1234):
-        import random
-        self.random = random.Random(seed)
-        self.rules = []
-        self.fired = 0
-        for r in rules or []:
-            self.add(r)
-
-    def add(self, rule):
-        rule = dict(rule)
-        if "path" in rule:
-            re.compile(rule["path"])
-        if "status" in rule and int(rule["status"]) not in (400, 401, 403, 404, 409, 413, 429, 500, 502, 503, 504):
-            raise ValueError(f"unsupported fault status {rule['status']}")
-        rule.setdefault("rate", 1.0)
-        rule["_fired"] = 0
-        self.rules.append(rule)
-        return rule
-
-    def clear(self):
-        self.rules = []
-
-    def public(self):
-        return [{k: v for k, v in r.items() if not k.startswith("_")} | {"fired": r["_fired"]} for r in self.rules]
-
-    async def apply(self, handler):
-        path = handler.request.path
-        if path.startswith("/_emulator"):
-            return
-        for rule in self.rules:
-            if rule.get("method") and rule["method"].upper() != handler.request.method:
-                continue
-            if rule.get("service") and rule["service"] != handler.service:
-                continue
-            if rule.get("path") and not re.search(rule["path"], path):
-                continue
-            if rule.get("count") is not None and rule["_fired"] >= int(rule["count"]):
-                continue
-            if self.random.random() >= float(rule["rate"]):
-                continue
-            rule["_fired"] += 1
-            self.fired += 1
-            if rule.get("latency"):
-                await asyncio.sleep(float(rule["latency"]))
-            status = rule.get("status")
-            if status:
-                status = int(status)
-                headers = {}
-                if status in (413, 429, 503) and rule.get("retry_after") is not None:
-                    headers["Retry-After"] = str(rule["retry_after"])
-                message = rule.get("message") or {
-                    429: "This request was rate-limited.",
-                    503: "The server is currently unavailable. Please try again at a later time.",
-                    500: "An unexpected error prevented the server from fulfilling your request.",
-                }.get(status, _TITLES.get(status, "Error"))
-                raise APIError(status, message, headers=headers)
