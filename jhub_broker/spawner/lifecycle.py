@@ -16,6 +16,8 @@ from .cloud import CloudError
 log = logging.getLogger("jhub_broker.spawner.lifecycle")
 
 HUB_TAG_PREFIX = "jhub-broker-hub-"
+# shared-pool hosts carry this tag (plus the pool's name) next to the hub tag
+POOL_TAG_PREFIX = "jhub-broker-pool-"
 
 
 def hub_tag(hub_id):
@@ -227,6 +229,37 @@ class VMLifecycle:
         def delete(conn):
             conn.block_storage.delete_volume(volume_id, ignore_missing=True)
         await self.adapter.run(delete)
+
+    async def attach_volume(self, server_id, volume_id, timeout=180):
+        """Hot-attach the volume to a running server (the shared placement's host); wait until in-use."""
+        def attached(conn):
+            return any(a.volume_id == volume_id for a in conn.compute.volume_attachments(server_id))
+
+        def attach(conn):
+            if not attached(conn):
+                conn.compute.create_volume_attachment(server_id, volume_id=volume_id)
+        # attaching twice is refused by the cloud, so a lost answer is checked for by listing first
+        await self.adapter.create(attach, lambda conn: True if attached(conn) else None, "volume attachment")
+        await self._wait_volume(volume_id, "in-use", timeout)
+
+    async def detach_volume(self, server_id, volume_id, timeout=180):
+        def detach(conn):
+            try:
+                conn.compute.delete_volume_attachment(server_id, volume_id, ignore_missing=True)
+            except os_exc.NotFoundException:
+                pass
+        await self.adapter.run(detach)
+        await self._wait_volume(volume_id, "available", timeout)
+
+    async def _wait_volume(self, volume_id, want, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.adapter.run(lambda conn: conn.block_storage.get_volume(volume_id).status)
+            if status == want:
+                return
+            if status == "error" or time.monotonic() > deadline:
+                raise CloudError(f"The data volume {volume_id} did not become {want} (status {status}).")
+            await asyncio.sleep(0.2)
 
     # -- servers ---------------------------------------------------------------------------
     async def create_server(self, *, name, image_id, flavor_id, network_ids, security_groups, user_data,

@@ -17,6 +17,7 @@ STEPS = {
     "server": "Creating your server",
     "address": "Giving your server an address",
     "notebook": "Starting the notebook server on your VM",
+    "container": "Starting your notebook in the shared pool",
 }
 
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069]")

@@ -21,6 +21,7 @@ from .cloud import CloudAdapter, CloudError
 from .lifecycle import VMLifecycle
 from .messages import explain
 from .options import OptionsForm
+from .profiles import chosen_profile
 from .reaper import Reaper
 from .servercache import ServerCache
 from .traits import OpenStackTraits
@@ -47,7 +48,15 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
     volume_id = None
     floating_ip_id = None
     address = None
+    # shared placement (pool/): the notebook is a container on a pool host
+    pool = None
+    host_id = None
+    host_address = None
+    port_on_host = None
+    container = None
     _warned_plain_bootstrap = False
+    _STATE_KEYS = ("server_id", "volume_id", "floating_ip_id", "address",
+                   "pool", "host_id", "host_address", "port_on_host", "container")
 
     @default("start_timeout")
     def _start_timeout_default(self):
@@ -166,14 +175,14 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
     # -- state ---------------------------------------------------------------------------------
     def get_state(self):
         state = super().get_state()
-        for key in ("server_id", "volume_id", "floating_ip_id", "address"):
+        for key in self._STATE_KEYS:
             if getattr(self, key):
                 state[key] = getattr(self, key)
         return state
 
     def load_state(self, state):
         super().load_state(state)
-        for key in ("server_id", "volume_id", "floating_ip_id", "address"):
+        for key in self._STATE_KEYS:
             setattr(self, key, state.get(key))
         self._known_since = time.monotonic()
 
@@ -183,6 +192,11 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         self.server_id = None
         self.floating_ip_id = None
         self.address = None
+        self.pool = self.host_id = self.host_address = self.port_on_host = self.container = None
+
+    def _shared(self, profile=None):
+        from .pool.placement import SharedPlacement
+        return SharedPlacement(self, profile=profile, pool=None if profile else self.pool)
 
     # -- progress ------------------------------------------------------------------------------
     def _progress(self, percent, message):
@@ -261,6 +275,12 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         self.__dict__["_spawn_done"] = False
         created = {}
         try:
+            profile = chosen_profile(self)
+            if profile is not None and profile.placement == "shared":
+                created["step"] = "container"
+                bootstrap.ensure_registered(self.log)  # pool hosts redeem their secrets there too
+                self._ensure_reaper()
+                return await self._shared(profile).start()
             return await self._start(created)
         except SpawnException:
             await self._cleanup_failed(created)
@@ -489,6 +509,8 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
 
     # -- poll / stop -----------------------------------------------------------------------------
     async def poll(self):
+        if self.pool:
+            return await self._shared().poll()
         if not self.server_id:
             return 0
         self._ensure_reaper()
@@ -511,6 +533,8 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         lc = self.lifecycle
         owner = f"{self.user.name}/{self.name}"
         bootstrap.registry.revoke(owner)
+        if self.pool:
+            await self._shared().stop()
         if self.floating_ip_id:
             await lc.release_floating_ip(self.floating_ip_id)
             self.floating_ip_id = None

@@ -12,6 +12,8 @@ import logging
 
 from jupyterhub import orm
 
+from .lifecycle import POOL_TAG_PREFIX
+
 log = logging.getLogger("jhub_broker.spawner.reaper")
 
 
@@ -96,7 +98,9 @@ class Reaper:
         grace = self.grace
 
         def listing(conn):
-            servers = [(s.id, s.name, s.created_at) for s in conn.compute.servers(details=True, tags=tag)]
+            # shared-pool hosts belong to their pool's manager (it deletes idle ones), not to a user
+            servers = [(s.id, s.name, s.created_at) for s in conn.compute.servers(details=True, tags=tag)
+                       if not any(t.startswith(POOL_TAG_PREFIX) for t in (s.tags or []))]
             # tagged, or made by this hub but not tagged yet (the hub stopped between create and tag)
             mark = lc.fip_mark
             fips = [(f.id, f.floating_ip_address, f.created_at, f.port_id) for f in conn.network.ips()

@@ -104,6 +104,22 @@ class OpenStackTraits(HasTraits):
     image_choices = List(Unicode(), config=True, help="Images offered in the options form (names); empty offers only `image`.")
     enable_options_form = Bool(True, config=True, help="Show the flavor/image form when more than one choice exists.")
 
+    # --- profiles and shared pools ---------------------------------------------------------
+    profiles = List(Dict(), config=True, help="""Profiles users choose from (see profiles.py); empty: one VM per user as configured above.""")
+    pools = Dict(Dict(), config=True, help="""Shared Docker-host pools, by name: profiles with placement "shared" name one.
+
+        Per pool (defaults in jhub_broker/spawner/pool/config.py): `flavor` (required) and `image`
+        (a VM image with dockerd) of the hosts; `headroom` (free notebook slots kept ready),
+        `idle_host_timeout` (s an empty host lives), `max_hosts`; `reserved_ram_mb` and `cpu_overcommit`
+        (a host's room for notebooks: its flavor's RAM minus reserved_ram_mb, its vCPUs times
+        cpu_overcommit, filled with the profiles' cpu_limit/mem_limit reservations); `docker_port`,
+        `port_base` (notebooks listen on the host's address from this port up); `container_image`,
+        `container_image_tar` (imported on the host when dockerd lacks the image); `read_only_binds`
+        (host path -> container path); `singleuser_cmd`; `host_boot_timeout`.""")
+    pool_ca_dir = Unicode("jhub-broker-pool-ca", config=True, help="""Directory (made 0700) of the hub's pool CA: its key (0600) signs each pool host's
+        dockerd certificate and the hub's Docker client certificate. It must survive hub restarts (the hosts
+        keep their certificates); relative paths are from the hub's working directory.""")
+
     @default("reaper_grace")
     def _reaper_grace_default(self):
         return self.boot_timeout + self.notebook_timeout + REAPER_MARGIN

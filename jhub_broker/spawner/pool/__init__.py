@@ -1,0 +1,1 @@
+"""The shared placement: notebooks as containers packed onto Docker-host VMs the hub boots, grows and shrinks."""
