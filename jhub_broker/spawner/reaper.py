@@ -39,6 +39,7 @@ class Reaper:
         self.interval = spawner.reaper_interval
         self.log = spawner.log
         self.grace = self.grace_for(spawner)
+        self.spawner = spawner  # names the shared pools to sweep (a hub restarted with no user yet on one)
 
     @staticmethod
     def grace_for(spawner):
@@ -77,6 +78,7 @@ class Reaper:
 
     def _owned(self):
         servers, fips, users = set(), set(), set()
+        self.containers = set()  # (pool host id, container name) of shared-placement notebooks
         self.db.expire_all()
         for sp in self.db.query(orm.Spawner):
             state = sp.state or {}
@@ -86,6 +88,8 @@ class Reaper:
                 servers.add(state["server_id"])
             if state.get("floating_ip_id"):
                 fips.add(state["floating_ip_id"])
+            if state.get("host_id") and state.get("container"):
+                self.containers.add((state["host_id"], state["container"]))
         for u in self.db.query(orm.User):
             users.add(u.name)
         return servers, fips, users
@@ -132,6 +136,11 @@ class Reaper:
             self.log.warning("reaper: deleting volume %s (%s) of deleted user %s", name, vid, user)
             await lc.delete_volume(vid)
             removed["volumes"].append(vid)
+        from .pool.placement import managers  # pool imports this module
+        for mgr in managers(self.spawner):
+            for key, ids in (await mgr.reap(self.containers, grace, _age_seconds)).items():
+                if ids:
+                    removed.setdefault("pool_" + key, []).extend(ids)
         if any(removed.values()):
             self.log.info("reaper removed %s", {k: len(v) for k, v in removed.items()})
         return removed

@@ -69,6 +69,7 @@ class PoolManager:
         self._security_groups = list(spawner.security_groups)
         self._adopted = None
         self._task = None
+        self.starting = set()  # owners whose container this process is starting (no saved state yet)
         self.log = spawner.log
 
     @classmethod
@@ -80,6 +81,11 @@ class PoolManager:
         mgr.config = config
         mgr._ensure_loop()
         return mgr
+
+    @classmethod
+    def of(cls, lifecycle):
+        """The pool managers working with this lifecycle (cloud and hub)."""
+        return [m for m in cls._instances.values() if m.lifecycle is lifecycle]
 
     @classmethod
     def stop_all(cls):
@@ -135,6 +141,55 @@ class PoolManager:
             host.ready.set_result(host)
             self.log.info("pool %s: adopted host %s (%s) with %d notebooks", self.config.name, name, host.address,
                           len(host.reservations))
+
+    # -- orphans (called by the reaper) ------------------------------------------------------------
+    async def reap(self, owned, grace, age_of):
+        """Remove notebook containers no saved spawner state names, and hosts that never came up.
+
+        ``owned``: {(host id, container name)} from every spawner's state; ``age_of(created)``: seconds.
+        A removed container's volume is detached, so its user can start anywhere again.
+        """
+        await self.adopt()
+        removed = {"containers": [], "hosts": []}
+        label = f"{pooldocker.LABEL}.pool={self.config.name}"
+        for host in list(self.hosts.values()):
+            if not host.ready.done() or host.ready.exception() or host.deleting:
+                continue
+            try:
+                containers = await pooldocker.call(host.client, "containers", all=True, filters={"label": label})
+            except Exception as e:  # noqa: BLE001 - next round
+                self.log.warning("pool %s: cannot list containers on %s: %s", self.config.name, host.name, e)
+                continue
+            for c in containers:
+                name = (c.get("Names") or ["/"])[0].lstrip("/")
+                labels = c.get("Labels") or {}
+                owner = labels.get(f"{pooldocker.LABEL}.owner")
+                if (host.server_id, name) in owned or owner in self.starting:
+                    continue
+                self.log.warning("reaper: removing orphaned notebook container %s on pool host %s", name, host.name)
+                await pooldocker.call(host.client, "remove_container", c["Id"], force=True)
+                volume = labels.get(f"{pooldocker.LABEL}.volume")
+                if volume:
+                    try:
+                        await self.lifecycle.detach_volume(host.server_id, volume)
+                    except Exception as e:  # noqa: BLE001
+                        self.log.error("reaper: could not detach volume %s from %s: %s", volume, host.name, e)
+                if owner and owner in host.reservations:
+                    self.release(owner)
+                removed["containers"].append(name)
+        tag = self.tag
+
+        def listing(conn):
+            return [(s.id, s.name, s.created_at) for s in conn.compute.servers(details=True, tags=tag)
+                    if (s.metadata or {}).get("jhub_broker_hub") == self.hub_id]
+        for sid, name, created in await self.adapter.run(listing):
+            if sid in self.hosts or sid in Reaper.in_flight or age_of(created) < grace:
+                continue
+            # in the cloud, not adopted (its dockerd never answered the hub): a boot the hub did not finish
+            self.log.warning("reaper: deleting pool host %s (%s) that never came up for this hub", name, sid)
+            await self.lifecycle.delete_server(sid)
+            removed["hosts"].append(sid)
+        return removed
 
     def _new_host(self, sid, name, capacity):
         self._numbers += 1

@@ -32,6 +32,17 @@ def pool_config(spawner, name):
         raise SpawnException(f"{e}: tell the hub's administrators.", reason="config") from None
 
 
+def managers(spawner):
+    """The manager of every configured pool (made now if no spawn needed one yet, e.g. after a restart)."""
+    out = []
+    for name in sorted(spawner.pools or {}):
+        try:
+            out.append(PoolManager.shared(spawner, PoolConfig.from_dict(name, spawner.pools[name])))
+        except ValueError as e:
+            spawner.log.error("pool %s is misconfigured: %s", name, e)
+    return out
+
+
 class SharedPlacement:
     def __init__(self, spawner, profile=None, pool=None):
         self.spawner = spawner
@@ -61,6 +72,14 @@ class SharedPlacement:
             sp.volume_id, _ = await sp.lifecycle.ensure_volume(
                 sp.volume_id, sp._volume_name(), sp.volume_size, sp._resource_metadata(),
                 sp.volume_type or None, sp.availability_zone or None, timeout=sp.volume_timeout)
+        self.manager.starting.add(self.owner)
+        try:
+            return await self._start(need)
+        finally:
+            self.manager.starting.discard(self.owner)
+
+    async def _start(self, need):
+        sp, cfg = self.spawner, self.config
         host, port = await self.manager.place(self.owner, need, sp._progress)
         sp.pool, sp.host_id, sp.host_address, sp.port_on_host = cfg.name, host.server_id, host.address, port
         sp.container = self._container_name()
@@ -81,7 +100,8 @@ class SharedPlacement:
             labels = {f"{pooldocker.LABEL}.hub": sp.hub_id, f"{pooldocker.LABEL}.pool": cfg.name,
                       f"{pooldocker.LABEL}.owner": self.owner, f"{pooldocker.LABEL}.port": str(port),
                       f"{pooldocker.LABEL}.cpu": str(float(self.profile.cpu_limit)),
-                      f"{pooldocker.LABEL}.mem": str(int(self.profile.mem_limit))}
+                      f"{pooldocker.LABEL}.mem": str(int(self.profile.mem_limit)),
+                      f"{pooldocker.LABEL}.volume": sp.volume_id or ""}
             image = self.profile.image or cfg.container_image
             if sp.volume_id:
                 await self._own_home(host, image, binds)

@@ -20,11 +20,15 @@ needs_docker = pytest.mark.skipif(not dockerhost.docker_installed(),
                                   reason="Debian's docker.io (dockerd) is not installed: scripts/setup.sh installs it")
 
 
-async def start_pool_hub(cloud, tmp, pool=None, **overrides):
+async def start_pool_hub(cloud, tmp, pool=None, hub_config=None, **overrides):
     options = dict(profiles=[SHARED], pools={"small": dict(POOL, **(pool or {}))}, pool_ca_dir=str(tmp / "pool-ca"),
-                   volume_size=0, notebook_timeout=120)
+                   volume_size=1, notebook_timeout=120)
     options.update(overrides)
-    app = await start_hub(spawner_config(cloud, **options))
+    config = spawner_config(cloud, **options)
+    for section, values in (hub_config or {}).items():
+        for key, value in values.items():
+            setattr(config[section], key, value)
+    app = await start_hub(config)
     return app, HubClient(app)
 
 
