@@ -69,6 +69,7 @@ class PoolManager:
         self._security_groups = list(spawner.security_groups)
         self._adopted = None
         self._task = None
+        self._boots = set()  # tasks finishing host boots
         self.starting = set()  # owners whose container this process is starting (no saved state yet)
         self.log = spawner.log
 
@@ -90,8 +91,9 @@ class PoolManager:
     @classmethod
     def stop_all(cls):
         for mgr in cls._instances.values():
-            if mgr._task is not None:
-                mgr._task.cancel()
+            for task in [mgr._task, *mgr._boots]:
+                if task is not None:
+                    task.cancel()
         cls._instances.clear()
 
     def _loop_gone(self):
@@ -299,7 +301,9 @@ class PoolManager:
         Reaper.in_flight.add(sid)
         host = self._new_host(sid, name, capacity)
         host.empty_since = None
-        asyncio.get_running_loop().create_task(self._finish_boot(host, owner))
+        task = asyncio.get_running_loop().create_task(self._finish_boot(host, owner))
+        self._boots.add(task)
+        task.add_done_callback(self._boots.discard)
         return host
 
     def _boot_failed(self, name, e):

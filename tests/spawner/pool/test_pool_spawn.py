@@ -7,6 +7,8 @@ import dataclasses
 from jhub_broker.spawner.pool.manager import PoolManager
 from tests.fixtures.kernel import execute_over_websocket
 
+from tests.spawner.conftest import failed_spawn
+
 from .conftest import needs_docker, pool_hosts
 
 pytestmark = needs_docker
@@ -141,3 +143,14 @@ async def test_idle_hosts_go_down_to_headroom_and_busy_ones_stay(pool_hub, local
     assert {h.id for h in pool_hosts(local_cloud)} == busy
     for name in USERS:
         assert (await run_ok(hub, name, "print(6 * 7)")).strip() == "42"
+
+
+async def test_a_full_pool_says_so(pool_hub, local_cloud):
+    app, hub = pool_hub
+    hosts = len(pool_hosts(local_cloud))
+    hub.token("latecomer")
+    spawner = app.users["latecomer"].spawner
+    spawner.pools = {"small": dict(spawner.pools["small"], max_hosts=hosts)}  # every host is full
+    message = await failed_spawn(hub, "latecomer")
+    assert "pool 'small' is full" in message and "max_hosts" in message, message
+    assert len(pool_hosts(local_cloud)) == hosts
