@@ -154,3 +154,20 @@ async def test_a_full_pool_says_so(pool_hub, local_cloud):
     message = await failed_spawn(hub, "latecomer")
     assert "pool 'small' is full" in message and "max_hosts" in message, message
     assert len(pool_hosts(local_cloud)) == hosts
+
+
+async def test_the_clouds_quota_says_so(pool_hub, local_cloud):
+    app, hub = pool_hub
+    conn = local_cloud.connect()
+    used = conn.compute.get_limits().absolute.instances_used
+    old = local_cloud.admin("PUT", "/_emulator/boot", {})["quotas"]["instances"]
+    hub.token("overquota")
+    spawner = app.users["overquota"].spawner
+    spawner.pools = {"small": dict(spawner.pools["small"], max_hosts=10)}
+    local_cloud.admin("PUT", "/_emulator/boot", {"quotas": {"instances": used}})
+    try:
+        message = await failed_spawn(hub, "overquota")
+    finally:
+        local_cloud.admin("PUT", "/_emulator/boot", {"quotas": {"instances": old}})
+    assert "shared pool 'small' failed" in message and "Quota exceeded for instances" in message, message
+    assert "quota is used up" in message, message
