@@ -232,6 +232,7 @@ class PoolManager:
             port = self._free_port(host)
             host.reservations[owner] = (need, port)
             host.empty_since = None
+            await self._keep_headroom(capacity, need)
         if not host.ready.done():
             progress(20, f"Waiting for host {host.number} ({host.name}) to boot")
         try:
@@ -241,6 +242,24 @@ class PoolManager:
             raise
         progress(40, f"Placed on host {host.number} ({host.name}, {host.address})")
         return host, port
+
+    async def _keep_headroom(self, capacity, need):
+        """Boot one more host (not waited for) when fewer than ``headroom`` slots of ``need`` stay free, so the
+        next starts find room at once. Under the lock; a failure here fails no spawn."""
+        if self.config.headroom <= 0:
+            return
+        free = sum(packing.Capacity(h.capacity.cpu - packing.used([n for n, _ in h.reservations.values()]).cpu,
+                                    h.capacity.mem - packing.used([n for n, _ in h.reservations.values()]).mem
+                                    ).slots(need) for h in self.hosts.values() if self._usable(h))
+        live = [h for h in self.hosts.values() if not h.deleting]
+        if free >= self.config.headroom or len(live) >= self.config.max_hosts:
+            return
+        try:
+            host = await self._boot(capacity)
+            self.log.info("pool %s: booting host %s to keep %d free slots", self.config.name, host.name,
+                          self.config.headroom)
+        except SpawnException as e:
+            self.log.warning("pool %s: could not boot a host for headroom: %s", self.config.name, e)
 
     @staticmethod
     def _usable(host):
@@ -353,6 +372,8 @@ class PoolManager:
                 host.last_error = e
                 await asyncio.sleep(0.5)
         self.log.info("pool %s: host %s ready at %s", self.config.name, host.name, host.address)
+        if not host.reservations:  # booted for headroom: idle from now on
+            host.empty_since = time.monotonic()
         host.ready.set_result(host)
 
     # -- shrinking -------------------------------------------------------------------------------

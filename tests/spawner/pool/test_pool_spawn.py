@@ -171,3 +171,26 @@ async def test_the_clouds_quota_says_so(pool_hub, local_cloud):
         local_cloud.admin("PUT", "/_emulator/boot", {"quotas": {"instances": old}})
     assert "shared pool 'small' failed" in message and "Quota exceeded for instances" in message, message
     assert "quota is used up" in message, message
+
+
+async def test_headroom_keeps_a_host_ready_for_the_next_start(pool_hub, local_cloud):
+    app, hub = pool_hub
+    before = {h.id for h in pool_hosts(local_cloud)}  # full: every slot taken
+    for name in ("roomy", "quick"):
+        hub.token(name)
+        spawner = app.users[name].spawner
+        spawner.pools = {"small": dict(spawner.pools["small"], headroom=2)}
+    assert (await hub.start_and_wait("roomy", timeout=300))["ready"]
+    # roomy's new host has one free slot left: one more host boots so that two stay free
+    deadline = asyncio.get_running_loop().time() + 240
+    while not [h for h in manager().hosts.values() if h.server_id not in before and h.ready.done()
+               and not h.reservations]:
+        assert asyncio.get_running_loop().time() < deadline, "no host was booted for the headroom"
+        await asyncio.sleep(0.5)
+    hosts = {h.id for h in pool_hosts(local_cloud)}
+    assert len(hosts - before) == 2
+    assert (await hub.start_and_wait("quick", timeout=300))["ready"]
+    events = " | ".join(e["message"] for e in app.users["quick"].spawner.__dict__["_events"])
+    assert "booting host" not in events, events
+    assert placement(app, "quick")["host_id"] == placement(app, "roomy")["host_id"]  # the fullest that fits
+    assert {h.id for h in pool_hosts(local_cloud)} == hosts
