@@ -12,6 +12,7 @@ import time
 
 import yaml
 
+from .. import secgroups
 from . import cloudinit, procs, sandbox
 from .forwarder import FloatingForwarder
 from .shim import ShimBuildError, build_shim
@@ -44,6 +45,7 @@ class VMRunner:
         self.vms = {}
         self.forwarders = {}  # floating address -> FloatingForwarder
         self._boot_tokens = {}  # server id -> token of the boot in progress (stop() revokes it)
+        self._ingress = {}  # server id -> the allow-list last written to its VM
         os.makedirs(self.root_dir, exist_ok=True)
 
     # -- helpers -------------------------------------------------------------
@@ -146,6 +148,7 @@ class VMRunner:
             sandbox.prepare_dirs(vm_dir)
             etc = os.path.join(vm_dir, "etc")
             sandbox.configure_etc(etc, name, fixed_ip, shim)
+            self._write_ingress(server_id)
             default_user = "ubuntu" if image.get("os_distro") == "ubuntu" else "debian"
             with open(os.path.join(etc, "cloud", "cloud.cfg") if os.path.isdir(os.path.join(etc, "cloud"))
                       else os.devnull, "w") as f:
@@ -267,10 +270,35 @@ class VMRunner:
 
     async def stop(self, server_id):
         self._boot_tokens.pop(server_id, None)
+        self._ingress.pop(server_id, None)
         await self._kill(server_id)
         vm_dir = self.vm_dir(server_id)
         if os.path.isdir(vm_dir):
             await asyncio.to_thread(shutil.rmtree, vm_dir, True)
+        self.refresh_ingress()  # its address leaves the groups it was in
+
+    # -- security groups (see secgroups.py) ----------------------------------------
+    def _write_ingress(self, server_id):
+        text = secgroups.render(secgroups.allow_lines(self.cloud, server_id))
+        if self._ingress.get(server_id) == text:
+            return
+        path = os.path.join(self.vm_dir(server_id), "etc", secgroups.GUEST_PATH.split("/etc/", 1)[1])
+        if not os.path.isdir(os.path.dirname(path)):
+            return
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)  # the shim reads either the old list or the new one, never half of one
+        self._ingress[server_id] = text
+
+    def refresh_ingress(self):
+        """Rewrite the allow-list of every VM whose groups, rules or group members changed."""
+        for server_id in list(self.vms):
+            try:
+                self._write_ingress(server_id)
+            except OSError as e:
+                log.warning("VM %s: cannot update its security-group allow-list: %s", server_id, e)
 
     async def add_floating_ip(self, floating_address, fixed_address):
         await self.remove_floating_ip(floating_address)
