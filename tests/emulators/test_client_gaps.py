@@ -261,3 +261,9 @@ def test_application_credential_roles_are_limited_to_the_creators(cloud):
         urllib.request.urlopen(req, timeout=30)
     assert e.value.code == 403
     cloud.cli("application", "credential", "delete", "member-only", cloud="local-admin", json_output=False)
+
+
+def test_network_availability_zones(conn):
+    zones = list(conn.network.availability_zones())
+    assert {(z.name, z.resource, z.state) for z in zones} == {("nova", "network", "available"),
+                                                              ("nova", "router", "available")}

@@ -656,6 +656,18 @@ class ExtensionsHandler(NeutronHandler):
         raise APIError(404, f"Extension with alias {alias} does not exist", kind="HTTPNotFound")
 
 
+class AvailabilityZonesHandler(NeutronHandler):
+    """``availability_zones`` (the ``availability_zone`` extension): one zone, ``nova``, for networks and routers."""
+
+    def get(self):
+        zones = [{"name": "nova", "resource": r, "state": "available"} for r in ("network", "router")]
+        for key in ("name", "resource", "state"):
+            wanted = self.get_arguments(key)
+            if wanted:
+                zones = [z for z in zones if z[key] in wanted]
+        self.send({"availability_zones": zones})
+
+
 class CollectionHandler(NeutronHandler):
     def get(self):
         self.list(self.collection)
@@ -1521,6 +1533,7 @@ def routes(cloud):
         (rf"{V2}/?", V2Handler, a),
         (rf"{V2}/extensions{j}/?", ExtensionsHandler, a),
         (rf"{V2}/extensions/([^/]+?){j}/?", ExtensionsHandler, a),
+        (rf"{V2}/availability_zones{j}/?", AvailabilityZonesHandler, a),
         (rf"{V2}/quotas{j}/?", QuotasHandler, a),
         (rf"{V2}/quotas/([^/]+?)/(details|default){j}/?", QuotasHandler, a),
         (rf"{V2}/quotas/([^/]+?){j}/?", QuotasHandler, a),
