@@ -297,8 +297,8 @@ class VMRunner:
         for server_id in list(self.vms):
             try:
                 self._write_ingress(server_id)
-            except OSError as e:
-                log.warning("VM %s: cannot update its security-group allow-list: %s", server_id, e)
+            except Exception:  # noqa: BLE001 - called after every API request: never fail the request
+                log.exception("VM %s: cannot update its security-group allow-list", server_id)
 
     async def add_floating_ip(self, floating_address, fixed_address):
         await self.remove_floating_ip(floating_address)
