@@ -180,3 +180,25 @@ def test_add_and_remove_security_group_on_a_running_server(cloud):
         conn.compute.delete_server(server)
         conn.compute.wait_for_delete(server, wait=60)
     conn.network.delete_security_group(sg)
+
+
+def test_a_vms_root_cannot_make_the_cloud_write_into_the_host(cloud, tmp_path):
+    """The VM's root owns its /etc: a symlink planted where the allow-list goes must not lead the cloud's
+    (host root) writes out of the VM."""
+    conn = cloud.connect()
+    victim = tmp_path / "host-dir"
+    victim.mkdir()
+    sg = conn.network.create_security_group(name="planted")
+    plant = f"#!/bin/sh\nrm -rf /etc/jhub-broker && ln -s {victim} /etc/jhub-broker\n"
+    server, _ = boot(conn, "planter", plant, ["planted"])
+    try:
+        link = os.path.join(cloud.state_dir, "vms", server.id, "etc", "jhub-broker")
+        assert eventually(lambda: os.path.islink(link), "the VM's symlink")
+        conn.network.create_security_group_rule(security_group_id=sg.id, direction="ingress", protocol="tcp",
+                                                remote_ip_prefix="127.0.0.1/32")  # the cloud rewrites the list
+        conn.network.get_security_group(sg.id)
+        assert list(victim.iterdir()) == []
+    finally:
+        conn.compute.delete_server(server)
+        conn.compute.wait_for_delete(server, wait=60)
+    conn.network.delete_security_group(sg)

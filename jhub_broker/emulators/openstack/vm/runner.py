@@ -282,14 +282,26 @@ class VMRunner:
         text = secgroups.render(secgroups.allow_lines(self.cloud, server_id))
         if self._ingress.get(server_id) == text:
             return
-        path = os.path.join(self.vm_dir(server_id), "etc", secgroups.GUEST_PATH.split("/etc/", 1)[1])
-        if not os.path.isdir(os.path.dirname(path)):
-            return
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # the shim reads either the old list or the new one, never half of one
+        # The VM's root owns its /etc while it runs and could plant symlinks there pointing into the
+        # host: every step is taken relative to a directory opened without following links.
+        etc = os.path.join(self.vm_dir(server_id), "etc")
+        subdir, name = secgroups.GUEST_PATH.split("/etc/", 1)[1].split("/")
+        nofollow = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        etc_fd = os.open(etc, nofollow)
+        try:
+            dir_fd = os.open(subdir, nofollow, dir_fd=etc_fd)
+        finally:
+            os.close(etc_fd)
+        try:
+            tmp = f".{name}.{os.getpid()}.{time.monotonic_ns()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                os.fchmod(f.fileno(), 0o644)
+            # the shim reads either the old list or the new one, never half of one
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
         self._ingress[server_id] = text
 
     def refresh_ingress(self):
