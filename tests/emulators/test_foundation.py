@@ -94,8 +94,10 @@ def test_cli_journey_server_serves_http_on_fixed_and_floating_ip(local_cloud, tm
     assert any(r["IP Protocol"] == "icmp" for r in rules)
 
     c.cli("network", "create", net)
-    subnet = c.cli("subnet", "create", "--network", net, "--subnet-range", "127.77.0.0/24", sub)
-    assert subnet["gateway_ip"] == "127.77.0.1"
+    # in this session's loopback block (the VM listens on its address): concurrent sessions must not collide
+    net_prefix = f"127.{c.fixed_prefix.split('.')[1]}.252."
+    subnet = c.cli("subnet", "create", "--network", net, "--subnet-range", net_prefix + "0/24", sub)
+    assert subnet["gateway_ip"] == net_prefix + "1"
     c.cli("router", "add", "subnet", "router1", sub, json_output=False)
     assert subnet["id"] in [i["subnet_id"] for i in c.cli("router", "show", "router1")["interfaces_info"]]
 
@@ -123,7 +125,7 @@ def test_cli_journey_server_serves_http_on_fixed_and_floating_ip(local_cloud, tm
     shown = c.cli("server", "show", srv)
     assert shown["key_name"] == key and sg in json.dumps(shown["security_groups"])
     fixed_ip = shown["addresses"][net][0]
-    assert fixed_ip.startswith("127.77.0.")
+    assert fixed_ip.startswith(net_prefix)
     assert c.cli("volume", "show", vol)["status"] == "in-use"
 
     status, _, body = eventually(lambda: http_get(f"http://{fixed_ip}:{port}/"), 90,
