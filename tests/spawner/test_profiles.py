@@ -9,6 +9,7 @@ from traitlets.config import Config
 
 from jhub_broker.emulators.mockhub import IMAGE
 from jhub_broker.spawner.openstack import OpenStackSpawner
+from jhub_broker.spawner.profiles import allowed_profiles, chosen_profile
 
 from .conftest import footprint, tagged
 from .test_poll_and_form import _browse_spawn_page
@@ -22,6 +23,19 @@ PROFILES = [
      "flavor": "m1.medium", "credits_per_day": 40, "groups": ["vliz"],
      "description": "For the VLIZ analysis group"},
 ]
+
+
+def _spawn_with_form(hub, name, profile):
+    """Logs in through the hub's login form and submits the spawn form with ``profile`` chosen, as a person
+    would (the test authenticator takes name == password); the answer, not followed."""
+    import requests
+    base = hub.base + hub.prefix.rstrip("/")
+    s = requests.Session()
+    s.get(base + "/hub/login", timeout=30)
+    s.post(base + "/hub/login", data={"username": name, "password": name, "_xsrf": s.cookies.get("_xsrf")},
+           timeout=30)
+    return s.post(base + "/hub/spawn", data={"profile": profile, "_xsrf": s.cookies.get("_xsrf")}, timeout=60,
+                  allow_redirects=False)
 
 
 def _card(html, slug):
@@ -62,13 +76,23 @@ async def test_profiles_by_group_form_and_rest_api(os_hub, local_cloud):
     assert r.status_code == 400 and len(r.text) < 500 and "There is no profile 'xxx" in r.text, r.text
     assert await asyncio.to_thread(footprint, local_cloud) == before
     assert (await hub.api("GET", "users/olga")).json()["servers"] == {}
+    # nor through the spawn form, edited by hand: the page says why
+    r = await asyncio.to_thread(_spawn_with_form, hub, "olga", "vliz-medium")
+    assert r.status_code == 403 and "You may not use the profile &#39;vliz-medium&#39;" in r.text, r.text[-2000:]
+    # sending no profile means the first she may use
+    spawner = app.users["olga"].spawner
+    spawner.user_options = {}
+    assert (await chosen_profile(spawner)).slug == "small-vm"
+    assert await asyncio.to_thread(footprint, local_cloud) == before
 
     # victor, in the group, sees it and starts it: his VM has the profile's flavor
     html = (await asyncio.to_thread(_browse_spawn_page, hub, "victor")).text
     medium = _card(html, "vliz-medium")
     assert "2 vCPU, 4 GiB RAM, 40 GB disk (flavor m1.medium)" in medium and "40 credits per day" in medium
     assert "For the VLIZ analysis group" in medium
-    model = await hub.start_and_wait("victor", options={"profile": "vliz-medium"})
+    r = await asyncio.to_thread(_spawn_with_form, hub, "victor", "vliz-medium")
+    assert r.status_code == 302, r.text
+    model = await hub.wait_ready("victor")
     assert model and model["ready"], model
     assert await asyncio.to_thread(_server_flavors, local_cloud) == {"victor": "m1.medium"}
     r = await hub.request("GET", "user/victor/api/status", user="victor")
@@ -92,7 +116,6 @@ async def test_profile_by_checkin_entitlement_from_auth_state(os_hub, local_clou
     from jupyterhub.crypto import CryptKeeper
 
     from jhub_broker.authenticator import CheckinAuthenticator
-    from jhub_broker.spawner.profiles import allowed_profiles
     # auth_state is stored encrypted: the hub needs a key
     monkeypatch.setattr(CryptKeeper.instance(), "keys", [os.urandom(32)])
     app, hub = await os_hub(profiles=ENT_PROFILES, hub_config={
