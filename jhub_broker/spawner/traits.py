@@ -104,7 +104,7 @@ class OpenStackTraits(HasTraits):
     # --- options form ----------------------------------------------------------------------
     flavor_choices = List(Unicode(), config=True, help="Flavors offered in the options form (names); empty offers every flavor the cloud lists.")
     image_choices = List(Unicode(), config=True, help="Images offered in the options form (names); empty offers only `image`.")
-    enable_options_form = Bool(True, config=True, help="Show the flavor/image form when more than one choice exists.")
+    enable_options_form = Bool(True, config=True, help="Show the options form: the flavor/image form when more than one choice exists, the profile cards when `profiles` is set (off: the first profile the user may use).")
     profiles = List(config=True, help="""Profiles users choose from instead of the flavor/image form (empty: that form).
 
         Each profile is a dict. Common keys: `slug` (required; lower-case letters, digits, `-`, `_`),

@@ -178,3 +178,18 @@ def test_bad_profile_config_names_profile_and_key(profile, message):
     with pytest.raises(TraitError) as e:
         OpenStackSpawner(config=c)
     assert str(e.value).startswith("OpenStackSpawner." + message), str(e.value)
+
+
+async def test_dedicated_profile_over_the_remaining_quota_is_disabled_and_refused(os_hub, make_cloud):
+    from .conftest import failed_spawn
+    cloud = make_cloud({"boot_delay": 0.2, "quotas": {"cores": 1}})  # 1 vCPU left in the project
+    app, hub = await os_hub(cloud=cloud, profiles=PROFILES[:2] + [dict(PROFILES[2], groups=[])])
+    html = (await asyncio.to_thread(_browse_spawn_page, hub, "quinn")).text
+    assert "Remaining in the project: 10 servers, 1 vCPUs, 51200 MiB RAM, 1000 GB of volumes." in html
+    medium = _card(html, "vliz-medium")
+    assert "disabled" in medium and "Over the remaining quota: needs 2 vCPUs, 1 left." in medium
+    assert "disabled" not in _card(html, "small-vm") and "checked" in _card(html, "small-vm")
+    # the server refuses it too, saying what to do
+    message = await failed_spawn(hub, "quinn", options={"profile": "vliz-medium"})
+    assert message == ("The flavor m1.medium does not fit the project's remaining quota: needs 2 vCPUs, 1 left. "
+                       "Choose another profile or stop one of your other servers."), message
