@@ -16,7 +16,7 @@ from openstack import exceptions as os_exc
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import default
 
-from . import bootstrap, tls
+from . import bootstrap, profiles, tls
 from .cloud import CloudAdapter, CloudError
 from .lifecycle import VMLifecycle
 from .messages import explain
@@ -215,8 +215,10 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         return OptionsForm.parse(formdata)
 
     async def _chosen(self):
-        """Flavor and image for this spawn, validated server-side against the choices."""
-        return await OptionsForm(self).validate(self.user_options or {})
+        """Flavor and image for this spawn, validated server-side against the choices (with profiles: the
+        chosen dedicated profile's, after checking the user may use it)."""
+        profile = await profiles.chosen_profile(self)
+        return await OptionsForm(self).validate(self.user_options or {}, profile)
 
     # -- internal_ssl ---------------------------------------------------------------------------
     async def create_certs(self):
