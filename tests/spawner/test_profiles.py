@@ -193,3 +193,17 @@ async def test_dedicated_profile_over_the_remaining_quota_is_disabled_and_refuse
     message = await failed_spawn(hub, "quinn", options={"profile": "vliz-medium"})
     assert message == ("The flavor m1.medium does not fit the project's remaining quota: needs 2 vCPUs, 1 left. "
                        "Choose another profile or stop one of your other servers."), message
+
+
+def test_configure_refuses_bad_profiles_when_the_hub_loads_its_config():
+    """A mistake stops the hub at start-up (configure() runs while it loads jupyterhub_config.py), not at the
+    first spawn page."""
+    import jhub_broker
+    from jhub_broker.spawner.profiles import ProfileConfigError
+    bad = [{"slug": "vm", "placement": "dedicated", "image": IMAGE, "flavor": "m1.small", "pool": "default"}]
+    with pytest.raises(ProfileConfigError, match=r"profiles\[0\] \('vm'\): key 'pool'"):
+        jhub_broker.configure(Config(), spawner_options={"profiles": bad}, broker=False)
+    good = [dict(bad[0])]
+    del good[0]["pool"]
+    c = jhub_broker.configure(Config(), spawner_options={"profiles": good}, broker=False)
+    assert c.OpenStackSpawner.profiles == good
