@@ -77,6 +77,10 @@ def configure(c, *, spawner="openstack", cloud=None, image=None, flavor=None, sp
     for k, v in (("cloud", cloud), ("image", image), ("flavor", flavor)):
         if v is not None:
             sp_opts[k] = v
+    if spawner == "openstack" and sp_opts.get("profiles"):
+        # a mistake in the profiles stops the hub here, naming profile and key, instead of at the first spawn
+        from .spawner.profiles import parse_profiles
+        parse_profiles(sp_opts["profiles"])
     if sp_opts:
         section = _section(c, _class_section(spawner))
         for k, v in sp_opts.items():

@@ -96,7 +96,9 @@ class BrokerService(Application, AuthAdminTraits):
     restart_command = List(
         Unicode(), config=True,
         help="Command restarting the hub after a method change, e.g. ['sudo', 'systemctl', 'restart', "
-             "'jupyterhub']. It must return once the old hub has stopped. It runs detached from the hub. "
+             "'jupyterhub']. It must return once the old hub has stopped. It runs detached from the hub and "
+             "without the hub's secrets in its environment (no JUPYTERHUB_CRYPT_KEY): the hub it starts must get "
+             "them from its own definition, as a systemd unit's Environment=/EnvironmentFile= does. "
              "Empty: the fragment is written and validated, and the page asks for a manual restart. "
              "Default: JSON in $JHUB_BROKER_RESTART_COMMAND (jhub_broker.configure sets it).")
     @default("restart_command")

@@ -16,12 +16,11 @@ from openstack import exceptions as os_exc
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import default
 
-from . import bootstrap, tls
+from . import bootstrap, profiles, tls
 from .cloud import CloudAdapter, CloudError
 from .lifecycle import VMLifecycle
 from .messages import explain
 from .options import OptionsForm
-from .profiles import chosen_profile
 from .reaper import Reaper
 from .servercache import ServerCache
 from .traits import OpenStackTraits
@@ -229,8 +228,10 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         return OptionsForm.parse(formdata)
 
     async def _chosen(self):
-        """Flavor and image for this spawn, validated server-side against the choices."""
-        return await OptionsForm(self).validate(self.user_options or {})
+        """Flavor and image for this spawn, validated server-side against the choices (with profiles: the
+        chosen dedicated profile's, after checking the user may use it)."""
+        profile = await profiles.chosen_profile(self)
+        return await OptionsForm(self).validate(self.user_options or {}, profile)
 
     # -- internal_ssl ---------------------------------------------------------------------------
     async def create_certs(self):
@@ -275,7 +276,7 @@ class OpenStackSpawner(OpenStackTraits, Spawner):
         self.__dict__["_spawn_done"] = False
         created = {}
         try:
-            profile = chosen_profile(self)
+            profile = await profiles.chosen_profile(self)
             if profile is not None and profile.placement == "shared":
                 created["step"] = "container"
                 bootstrap.ensure_registered(self.log)  # pool hosts redeem their secrets there too

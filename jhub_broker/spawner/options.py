@@ -1,11 +1,16 @@
-"""The options form: flavor and image choices, checked against image needs and the remaining quota."""
+"""The options form: flavor and image choices, or the operator's profiles, checked against image needs and the
+remaining quota."""
 import asyncio
 import json
 import logging
+import os
 from html import escape
 
+import jinja2
 from jupyterhub.spawner import SpawnException
 
+from . import profiles
+from .cloud import CloudError
 from .messages import clip
 
 log = logging.getLogger("jhub_broker.spawner.options")
@@ -36,6 +41,23 @@ def over_quota(flavor, left, new_volume_gb=0):
     if new_volume_gb and left["gigabytes"] is not None and new_volume_gb > left["gigabytes"]:
         reasons.append(f"a new {new_volume_gb} GB data volume needs {new_volume_gb} GB, {left['gigabytes']} GB left")
     return reasons
+
+
+def quota_text(left, new_volume_gb):
+    def show(value, unit):
+        return "unlimited " + unit if value is None else f"{value} {unit}"
+    volume = f", {show(left['gigabytes'], 'GB of volumes')}" if new_volume_gb else ""
+    return (f'Remaining in the project: {show(left["instances"], "servers")}, {show(left["cores"], "vCPUs")}, '
+            f'{show(left["ram"], "MiB RAM")}{volume}.')
+
+
+def _mib(mib):
+    return f"{mib / 1024:g} GiB" if mib >= 1024 and mib % 128 == 0 else f"{int(mib)} MiB"
+
+
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(os.path.dirname(__file__)), "templates")),
+    autoescape=True, undefined=jinja2.StrictUndefined)
 
 
 def _quoted(value):
@@ -79,6 +101,8 @@ class OptionsForm:
 
     async def render(self):
         sp = self.spawner
+        if profiles.configured(sp):
+            return await self.render_profiles() if sp.enable_options_form else ""
         flavors, images = await self.choices()
         if not sp.enable_options_form or (len(flavors) <= 1 and len(images) <= 1):
             return ""
@@ -86,12 +110,7 @@ class OptionsForm:
         default_image = next((i for i in images if i["name"] == sp.image or i["id"] == sp.image), images[0])
         rows = []
         if left:
-            def show(value, unit):
-                return "unlimited " + unit if value is None else f"{value} {unit}"
-            volume = f", {show(left['gigabytes'], 'GB of volumes')}" if new_volume_gb else ""
-            rows.append(f'<p class="help-block" id="openstack-quota">Remaining in the project: '
-                        f'{show(left["instances"], "servers")}, {show(left["cores"], "vCPUs")}, '
-                        f'{show(left["ram"], "MiB RAM")}{volume}.</p>')
+            rows.append(f'<p class="help-block" id="openstack-quota">{quota_text(left, new_volume_gb)}</p>')
         rows.append('<div class="form-group"><label for="openstack-image">Image</label>'
                     '<select class="form-control" name="image" id="openstack-image">')
         for im in images:
@@ -135,18 +154,69 @@ class OptionsForm:
 </script>""")
         return "\n".join(rows)
 
+    async def render_profiles(self):
+        """One radio card per profile the user may use: what it gives, what it costs; dedicated profiles whose
+        flavor does not fit the image or the remaining quota are shown disabled, with the reason."""
+        sp = self.spawner
+        allowed = await profiles.allowed_profiles(sp)
+        left, new_volume_gb = (None, 0)
+        if any(p.placement == "dedicated" for p in allowed):
+            left, new_volume_gb = await self.quota()
+        cards = []
+        for p in allowed:
+            card = {"slug": p.slug, "display_name": p.display_name, "description": p.description,
+                    "placement": "own VM" if p.placement == "dedicated" else "shared host",
+                    "cost": f"{p.credits_per_day:g} credits per day" if p.credits_per_day is not None else "",
+                    "disabled": False, "why": "", "checked": False}
+            if p.placement == "dedicated":
+                try:
+                    flavor, image = await asyncio.gather(self.lc.flavor(p.flavor), self.lc.image(p.image))
+                except CloudError as e:
+                    card.update(gives=f"Flavor {p.flavor}, image {p.image}", disabled=True,
+                                why=f"Not available: {clip(e.message)} Tell the hub's administrators.")
+                else:
+                    card["gives"] = (f"{int(flavor['vcpus'])} vCPU, {_mib(flavor['ram'])} RAM, {int(flavor['disk'])}"
+                                     f" GB disk (flavor {flavor['name']}), image {image['name']}")
+                    over = over_quota(flavor, left, new_volume_gb) if left else []
+                    if not _fits(flavor, image):
+                        card.update(disabled=True, why="Not available: the flavor is too small for this image. "
+                                                       "Tell the hub's administrators.")
+                    elif over:
+                        card.update(disabled=True, why=f"Over the remaining quota: {'; '.join(over)}.")
+            else:
+                card["gives"] = (f"{p.cpu_limit:g} vCPU, {_mib(p.mem_limit / 2**20)} RAM (limits), "
+                                 f"container image {p.image}")
+            cards.append(card)
+        usable = [c for c in cards if not c["disabled"]]
+        previous = (sp.user_options or {}).get("profile")
+        default = next((c for c in usable if c["slug"] == previous), usable[0] if usable else None)
+        if default:
+            default["checked"] = True
+        return _templates.get_template("openstack/profiles_form.html.j2").render(
+            cards=cards, quota=quota_text(left, new_volume_gb) if left else "")
+
     @staticmethod
     def parse(formdata):
         out = {}
-        for key in ("flavor", "image"):
+        for key in ("flavor", "image", "profile"):
             values = formdata.get(key)
             if values:
                 out[key] = values[0] if isinstance(values, list) else values
         return out
 
-    async def validate(self, options):
+    async def validate(self, options, profile=None):
+        """(flavor, image) of this start; with a dedicated ``profile``, the profile's."""
         sp = self.spawner
-        flavors, images = await self.choices()
+        if profile is not None and profile.placement != "dedicated":
+            # shared profiles are placed by the pool, before this point; reaching here is a wiring mistake
+            raise SpawnException(f"The profile {profile.slug!r} runs on a shared host, which this hub cannot "
+                                 "place: tell the hub's administrators.", reason="config")
+        if profile is not None:
+            flavors = [await self.lc.flavor(profile.flavor)]
+            images = [await self.lc.image(profile.image)]
+            options = {"flavor": profile.flavor, "image": profile.image}
+        else:
+            flavors, images = await self.choices()
         image_name = options.get("image") or sp.image or images[0]["name"]
         image = next((i for i in images if image_name in (i["name"], i["id"])), None)
         if image is None:
@@ -173,7 +243,8 @@ class OptionsForm:
         over = over_quota(flavor, left, new_volume_gb) if left else []
         if over:
             fitting = [f["name"] for f in flavors if _fits(f, image) and not over_quota(f, left, new_volume_gb)]
-            hint = (f"Choose a smaller flavor ({', '.join(fitting)} fit{'s' if len(fitting) == 1 else ''}) "
+            hint = ("Choose another profile or stop one of your other servers." if profile is not None else
+                    f"Choose a smaller flavor ({', '.join(fitting)} fit{'s' if len(fitting) == 1 else ''}) "
                     "or stop one of your other servers." if fitting else
                     "No offered flavor fits: stop one of your other servers or ask the project's manager "
                     "for more quota.")

@@ -1,6 +1,8 @@
 """The operator-facing configuration of OpenStackSpawner (``c.OpenStackSpawner.*``)."""
 import jupyterhub
-from traitlets import Bool, Dict, Enum, Float, HasTraits, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, HasTraits, Integer, List, TraitError, Unicode, default, validate
+
+from .profiles import ProfileConfigError, parse_profiles
 
 
 class OpenStackTraits(HasTraits):
@@ -102,10 +104,40 @@ class OpenStackTraits(HasTraits):
     # --- options form ----------------------------------------------------------------------
     flavor_choices = List(Unicode(), config=True, help="Flavors offered in the options form (names); empty offers every flavor the cloud lists.")
     image_choices = List(Unicode(), config=True, help="Images offered in the options form (names); empty offers only `image`.")
-    enable_options_form = Bool(True, config=True, help="Show the flavor/image form when more than one choice exists.")
+    enable_options_form = Bool(True, config=True, help="Show the options form: the flavor/image form when more than one choice exists, the profile cards when `profiles` is set (off: the first profile the user may use).")
+    profiles = List(config=True, help="""Profiles users choose from instead of the flavor/image form (empty: that form).
+
+        Each profile is a dict. Common keys: `slug` (required; lower-case letters, digits, `-`, `_`),
+        `display_name`, `description`, `placement` (required: "dedicated" = a VM of its own, "shared" = a
+        container on a host of a pool), `image` (required: the VM image for dedicated, the container image for
+        shared), `credits_per_day` (shown in the form), `groups` (JupyterHub group names) and `entitlements`
+        (Check-in entitlement patterns, the syntax of CheckinAuthenticator.allowed_entitlements, matched against
+        the entitlements in the user's auth_state with the authenticator's trust rules). A profile with neither
+        `groups` nor `entitlements` is for everyone; otherwise for members of one of the groups or holders of
+        a matching entitlement. Dedicated profiles need `flavor`; shared ones `pool`, `cpu_limit` (vCPUs) and
+        `mem_limit` (bytes, or "2G", "512M"). The form shows only the profiles a user may use, and a start
+        asking for another one (e.g. through the REST API with {"profile": "<slug>"}) is refused. A mistake
+        (unknown key, missing image, shared without pool or limits, dedicated without flavor, a repeated slug)
+        is an error naming the profile and the key when the hub configures the spawner. Example::
+
+            c.OpenStackSpawner.profiles = [
+                {"slug": "small-shared", "display_name": "Small (shared host)", "placement": "shared",
+                 "pool": "default", "image": "jupyter/datascience-notebook", "cpu_limit": 1, "mem_limit": "2G",
+                 "credits_per_day": 5},
+                {"slug": "medium-vm", "display_name": "Medium VM", "placement": "dedicated",
+                 "image": "ubuntu-24.04-jupyter", "flavor": "m1.medium", "credits_per_day": 40,
+                 "entitlements": ["vo.example.eu:role=member"], "groups": ["vliz"]},
+            ]""")
+
+    @validate("profiles")
+    def _validate_profiles(self, proposal):
+        try:
+            parse_profiles(proposal["value"])
+        except ProfileConfigError as e:
+            raise TraitError(f"{type(self).__name__}.{e}") from None
+        return proposal["value"]
 
     # --- profiles and shared pools ---------------------------------------------------------
-    profiles = List(Dict(), config=True, help="""Profiles users choose from (see profiles.py); empty: one VM per user as configured above.""")
     pools = Dict(Dict(), config=True, help="""Shared Docker-host pools, by name: profiles with placement "shared" name one.
 
         Per pool (defaults in jhub_broker/spawner/pool/config.py): `flavor` (required) and `image`

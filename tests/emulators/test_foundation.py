@@ -9,6 +9,7 @@
 - fault controls (config file and ``/_emulator/*``) seen through openstacksdk.
 """
 import base64
+import http.client
 import json
 import os
 import shutil
@@ -93,8 +94,10 @@ def test_cli_journey_server_serves_http_on_fixed_and_floating_ip(local_cloud, tm
     assert any(r["IP Protocol"] == "icmp" for r in rules)
 
     c.cli("network", "create", net)
-    subnet = c.cli("subnet", "create", "--network", net, "--subnet-range", "127.77.0.0/24", sub)
-    assert subnet["gateway_ip"] == "127.77.0.1"
+    # in this session's loopback block (the VM listens on its address): concurrent sessions must not collide
+    net_prefix = f"127.{c.fixed_prefix.split('.')[1]}.252."
+    subnet = c.cli("subnet", "create", "--network", net, "--subnet-range", net_prefix + "0/24", sub)
+    assert subnet["gateway_ip"] == net_prefix + "1"
     c.cli("router", "add", "subnet", "router1", sub, json_output=False)
     assert subnet["id"] in [i["subnet_id"] for i in c.cli("router", "show", "router1")["interfaces_info"]]
 
@@ -122,7 +125,7 @@ def test_cli_journey_server_serves_http_on_fixed_and_floating_ip(local_cloud, tm
     shown = c.cli("server", "show", srv)
     assert shown["key_name"] == key and sg in json.dumps(shown["security_groups"])
     fixed_ip = shown["addresses"][net][0]
-    assert fixed_ip.startswith("127.77.0.")
+    assert fixed_ip.startswith(net_prefix)
     assert c.cli("volume", "show", vol)["status"] == "in-use"
 
     status, _, body = eventually(lambda: http_get(f"http://{fixed_ip}:{port}/"), 90,
@@ -284,11 +287,16 @@ def test_sdk_server_runs_jupyterhub_singleuser_as_unprivileged_user(local_cloud,
         """).format(env=env_lines, su=SINGLEUSER)
     image = conn.image.find_image("ubuntu-24.04-jupyter", ignore_missing=False)
     assert image.properties["jhub_broker_prebaked"] == "true"
+    # as the spawner does: the notebook port open to the hub's address only (groups are enforced)
+    sg = conn.network.create_security_group(name="hub-only-" + token[-6:])
+    conn.network.create_security_group_rule(security_group_id=sg.id, direction="ingress", protocol="tcp",
+                                            port_range_min=8888, port_range_max=8888,
+                                            remote_ip_prefix="127.0.0.1/32")
     server = conn.compute.create_server(name="singleuser-" + token[-6:], image_id=image.id,
                                         flavor_id=conn.compute.find_flavor("m1.small").id,
                                         networks=[{"uuid": conn.network.find_network("private").id}],
                                         user_data=base64.b64encode(user_data.encode()).decode(),
-                                        metadata={"jupyterhub-user": "x"})
+                                        metadata={"jupyterhub-user": "x"}, security_groups=[{"name": sg.name}])
     try:
         server = conn.compute.wait_for_server(server, wait=60)
         fixed_ip = server.addresses["private"][0]["addr"]
@@ -297,6 +305,12 @@ def test_sdk_server_runs_jupyterhub_singleuser_as_unprivileged_user(local_cloud,
                                            f"jupyterhub-singleuser at {url}; console:\n"
                                            + conn.compute.get_server_console_output(server)["output"][-3000:])
         assert status == 200 and "version" in json.loads(body)
+        # from any other address the notebook port is shut
+        stranger = f"127.{local_cloud.fixed_prefix.split('.')[1]}.253.11"
+        with pytest.raises(OSError):
+            conn_ = http.client.HTTPConnection(fixed_ip, 8888, timeout=10, source_address=(stranger, 0))
+            conn_.request("GET", "/user/x/api")
+            conn_.getresponse().read()
         # it found its Hub at the JUPYTERHUB_API_URL given in user_data (the start-up version check)
         assert "/hub/api" in [p for p, _ in hub_api.seen]
         uids = _uids_of_processes_with(token)
@@ -305,6 +319,7 @@ def test_sdk_server_runs_jupyterhub_singleuser_as_unprivileged_user(local_cloud,
     finally:
         conn.compute.delete_server(server)
         conn.compute.wait_for_delete(server, wait=60)
+        conn.network.delete_security_group(sg)
     assert refused(fixed_ip, 8888)
     assert _uids_of_processes_with(token) == []
 

@@ -17,11 +17,17 @@ import pytest
 from jhub_broker.emulators.openstack.cloud import Cloud, CloudConfig
 from jhub_broker.emulators.openstack.vm import procs, runner as runner_mod
 from jhub_broker.emulators.openstack.vm.runner import VMBootError, VMRunner
+from tests.fixtures.cloud import _private_ranges
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None or os.geteuid() != 0,
                                 reason="VMs need bubblewrap, run as root")
 
 VENV = "/opt/jhub-broker/singleuser"
+# addresses of this session's own loopback block, as the clouds of tests/fixtures/cloud.py get: concurrent
+# test sessions must not listen on each other's addresses
+_RANGES = _private_ranges({})
+FIXED = _RANGES["default_network"]["cidr"].rsplit(".", 1)[0] + "."
+FLOATING = _RANGES["external_network"]["cidr"].rsplit(".", 1)[0] + "."
 
 
 @pytest.fixture
@@ -112,11 +118,11 @@ def http_server_script(marker, port=8000, bind="0.0.0.0"):
 
 
 async def test_two_vms_listen_on_same_port_each_on_own_fixed_ip(cloud):
-    a = make_server(cloud, "vm-a", "127.42.0.10", http_server_script("alpha"))
-    b = make_server(cloud, "vm-b", "127.42.0.11", http_server_script("beta", bind="::"))
+    a = make_server(cloud, "vm-a", f"{FIXED}10", http_server_script("alpha"))
+    b = make_server(cloud, "vm-b", f"{FIXED}11", http_server_script("beta", bind="::"))
     await asyncio.gather(cloud.vm_runner.boot(a), cloud.vm_runner.boot(b))
-    assert (await http_eventually("http://127.42.0.10:8000/")).strip() == "alpha"
-    assert (await http_eventually("http://127.42.0.11:8000/")).strip() == "beta"
+    assert (await http_eventually(f"http://{FIXED}10:8000/")).strip() == "alpha"
+    assert (await http_eventually(f"http://{FIXED}11:8000/")).strip() == "beta"
     # nothing landed on the host's wildcard address
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", 8000)) != 0
@@ -147,7 +153,7 @@ async def test_cloud_config_users_runcmd_write_files(cloud):
           - echo runcmd-string-form > /root/runcmd.txt
         final_message: "test boot finished"
         """)
-    s = make_server(cloud, "cc", "127.42.0.12", user_data, image_name="ubuntu-24.04")
+    s = make_server(cloud, "cc", f"{FIXED}12", user_data, image_name="ubuntu-24.04")
     await cloud.vm_runner.boot(s)
     await booted(cloud, s)
     uid, name = guest_file(cloud, s, "/tmp/jovyan-uid").split()
@@ -182,7 +188,7 @@ async def test_vm_cannot_change_the_host(cloud):
         echo caps=$(grep CapEff /proc/self/status | cut -f2)
         echo pid1=$(cat /proc/1/comm)
         """)
-    s = make_server(cloud, "sandbox", "127.42.0.13", user_data)
+    s = make_server(cloud, "sandbox", f"{FIXED}13", user_data)
     await cloud.vm_runner.boot(s)
     await booted(cloud, s)
     res = dict(line.split("=", 1) for line in guest_file(cloud, s, "/tmp/results").split("\n") if "=" in line)
@@ -202,7 +208,7 @@ async def test_vm_cannot_change_the_host(cloud):
 
 async def test_volume_survives_vm_delete(cloud):
     r = cloud.vm_runner
-    first = make_server(cloud, "writer", "127.42.0.14", textwrap.dedent("""\
+    first = make_server(cloud, "writer", f"{FIXED}14", textwrap.dedent("""\
         #cloud-config
         users: [{name: jovyan, shell: /bin/bash}]
         mounts:
@@ -223,7 +229,7 @@ async def test_volume_survives_vm_delete(cloud):
     assert os.stat(r.volume_path(vid)).st_uid != 0  # the guest's chown stuck
 
     detach_all(cloud)
-    second = make_server(cloud, "reader", "127.42.0.15", textwrap.dedent(f"""\
+    second = make_server(cloud, "reader", f"{FIXED}15", textwrap.dedent(f"""\
         #cloud-config
         mounts:
           - [/dev/disk/by-id/virtio-{vid[:20]}, /data]
@@ -238,7 +244,7 @@ async def test_volume_survives_vm_delete(cloud):
 
 
 async def test_console_log(cloud):
-    s = make_server(cloud, "chatty", "127.42.0.16", "#!/bin/sh\necho hello-console-$(hostname)\necho oops >&2\n")
+    s = make_server(cloud, "chatty", f"{FIXED}16", "#!/bin/sh\necho hello-console-$(hostname)\necho oops >&2\n")
     r = cloud.vm_runner
     await r.boot(s)
     await booted(cloud, s)
@@ -253,7 +259,7 @@ async def test_console_log(cloud):
 
 
 async def test_packages_warn_but_do_not_fail(cloud):
-    s = make_server(cloud, "pkgs", "127.42.0.17",
+    s = make_server(cloud, "pkgs", f"{FIXED}17",
                     "#cloud-config\npackages: [htop]\nruncmd:\n  - echo after-packages\n")
     await cloud.vm_runner.boot(s)
     await booted(cloud, s)
@@ -264,20 +270,20 @@ async def test_packages_warn_but_do_not_fail(cloud):
 
 async def test_floating_ip_reaches_fixed_ip(cloud):
     r = cloud.vm_runner
-    s = make_server(cloud, "web", "127.42.0.18", http_server_script("floating", port=8765))
+    s = make_server(cloud, "web", f"{FIXED}18", http_server_script("floating", port=8765))
     await r.boot(s)
-    assert (await http_eventually("http://127.42.0.18:8765/")).strip() == "floating"
-    await r.add_floating_ip("127.43.0.10", "127.42.0.18")
-    assert (await http_eventually("http://127.43.0.10:8765/")).strip() == "floating"
-    await r.remove_floating_ip("127.43.0.10")
+    assert (await http_eventually(f"http://{FIXED}18:8765/")).strip() == "floating"
+    await r.add_floating_ip(f"{FLOATING}10", f"{FIXED}18")
+    assert (await http_eventually(f"http://{FLOATING}10:8765/")).strip() == "floating"
+    await r.remove_floating_ip(f"{FLOATING}10")
     with socket.socket() as sock:
-        assert sock.connect_ex(("127.43.0.10", 8765)) != 0
+        assert sock.connect_ex((f"{FLOATING}10", 8765)) != 0
 
 
 async def test_stop_leaves_no_process(cloud):
     r = cloud.vm_runner
     marker = uuid.uuid4().hex[:12]
-    s = make_server(cloud, "procs", "127.42.0.19", textwrap.dedent(f"""\
+    s = make_server(cloud, "procs", f"{FIXED}19", textwrap.dedent(f"""\
         #!/bin/bash
         useradd -m worker
         nohup sleep 1000 >/dev/null 2>&1 &
@@ -307,8 +313,8 @@ async def test_prebaked_image_has_singleuser_venv(cloud):
         runcmd:
           - [runuser, -u, jovyan, --, sh, -c, 'cd /tmp && {VENV}/bin/jupyterhub-singleuser --version > /tmp/version 2>&1; id -u >> /tmp/version']
         """)
-    s = make_server(cloud, "baked", "127.42.0.20", user_data, image_name="ubuntu-24.04-jupyter")
-    plain = make_server(cloud, "plain", "127.42.0.21", "#!/bin/sh\nls -A /opt/jhub-broker > /tmp/opt 2>&1; echo rc=$? >> /tmp/opt\n",
+    s = make_server(cloud, "baked", f"{FIXED}20", user_data, image_name="ubuntu-24.04-jupyter")
+    plain = make_server(cloud, "plain", f"{FIXED}21", "#!/bin/sh\nls -A /opt/jhub-broker > /tmp/opt 2>&1; echo rc=$? >> /tmp/opt\n",
                         image_name="ubuntu-24.04")
     await asyncio.gather(cloud.vm_runner.boot(s), cloud.vm_runner.boot(plain))
     await booted(cloud, s, timeout=120)
@@ -320,11 +326,11 @@ async def test_prebaked_image_has_singleuser_venv(cloud):
 
 async def test_boot_errors(cloud, monkeypatch):
     r = cloud.vm_runner
-    bad = make_server(cloud, "bad-ud", "127.42.0.22", b"\xff\xfe\x00garbage")
+    bad = make_server(cloud, "bad-ud", f"{FIXED}22", b"\xff\xfe\x00garbage")
     with pytest.raises(VMBootError, match="user_data unreadable"):
         await r.boot(bad)
 
-    ro = make_server(cloud, "bad-mount", "127.42.0.23", "#cloud-config\nmounts:\n  - [vdb, /usr/share/nope-x]\n")
+    ro = make_server(cloud, "bad-mount", f"{FIXED}23", "#cloud-config\nmounts:\n  - [vdb, /usr/share/nope-x]\n")
     attach_volume(cloud, ro)
     with pytest.raises(VMBootError, match="failed to start"):
         await r.boot(ro)
@@ -332,7 +338,7 @@ async def test_boot_errors(cloud, monkeypatch):
 
     real_which = shutil.which
     monkeypatch.setattr(runner_mod.shutil, "which", lambda name, *a, **k: None if name == "bwrap" else real_which(name))
-    s = make_server(cloud, "no-bwrap", "127.42.0.24", "#!/bin/sh\ntrue\n")
+    s = make_server(cloud, "no-bwrap", f"{FIXED}24", "#!/bin/sh\ntrue\n")
     with pytest.raises(VMBootError, match="bwrap"):
         await r.boot(s)
 
@@ -341,7 +347,7 @@ async def test_without_cloud_init_shell_scripts_still_run(tmp_path):
     c = Cloud(CloudConfig.load(overrides={"vm": {"cloud_init": False}}), state_dir=str(tmp_path / "state"))
     r = c.vm_runner = VMRunner(c, str(tmp_path / "state" / "vms"))
     try:
-        s = make_server(c, "plain-sh", "127.42.0.25", "#!/bin/sh\necho direct-$(id -u) > /root/out\n")
+        s = make_server(c, "plain-sh", f"{FIXED}25", "#!/bin/sh\necho direct-$(id -u) > /root/out\n")
         await r.boot(s)
         await booted(c, s)
         assert guest_file(c, s, "/root/out").strip() == "direct-0"
@@ -352,7 +358,7 @@ async def test_without_cloud_init_shell_scripts_still_run(tmp_path):
 
 async def test_stop_during_boot(cloud):
     r = cloud.vm_runner
-    s = make_server(cloud, "short-lived", "127.42.0.26", "#!/bin/sh\nsleep 100 &\n")
+    s = make_server(cloud, "short-lived", f"{FIXED}26", "#!/bin/sh\nsleep 100 &\n")
     boot = asyncio.ensure_future(r.boot(s))
     await asyncio.sleep(0)
     await r.stop(s["id"])

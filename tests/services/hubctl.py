@@ -61,8 +61,26 @@ def stop(d):
     os.kill(pid, signal.SIGKILL)
 
 
+def unit_environment(d):
+    """The hub's environment as its unit defines it (systemd's EnvironmentFile=): written at the first start from
+    the caller's environment, read at every restart, so a restart asked for by a process that does not hold the
+    hub's secrets (the broker's restart helper) starts the hub with them, as ``systemctl restart`` does."""
+    path = os.path.join(d, "hub.env")
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            for key in ("JUPYTERHUB_CRYPT_KEY",):
+                if key in os.environ:
+                    f.write(f"{key}={os.environ[key]}\n")
+    env = dict(os.environ)
+    with open(path) as f:
+        env.update(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+    return env
+
+
 def start(d):
     cg = hub_cgroup(d)
+    env = unit_environment(d)
 
     def join():  # in the child, before exec: the hub and everything it starts live in the hub's cgroup
         with open(os.path.join(cg, "cgroup.procs"), "w") as f:
@@ -70,7 +88,7 @@ def start(d):
 
     with open(os.path.join(d, "hub.log"), "ab") as log:
         p = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", os.path.join(d, "jupyterhub_config.py")],
-                             cwd=d, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                             cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                              preexec_fn=join if cg else None)
     with open(os.path.join(d, "hub.pid"), "w") as f:
         f.write(str(p.pid))

@@ -1,9 +1,12 @@
-"""Keystone v3: discovery, tokens, catalog, projects, OIDC federation, EC2 credentials."""
+"""Keystone v3: discovery, tokens, catalog, projects, OIDC federation, EC2 credentials
+(application credentials: keystone_appcreds.py)."""
+import hmac
 import json
 import secrets
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from . import keystone_appcreds
 from .cloud import hex_id, now_iso_us
 from .web import APIError, BaseHandler
 
@@ -52,7 +55,7 @@ def token_body(cloud, info, with_catalog=True):
             tok["catalog"] = catalog(cloud, project["id"])
     if info.get("app_cred"):
         tok["application_credential"] = {"id": info["app_cred"]["id"], "name": info["app_cred"]["name"],
-                                         "restricted": True}
+                                         "restricted": not info["app_cred"].get("unrestricted")}
     if user.get("federated"):
         tok["user"]["OS-FEDERATION"] = {"identity_provider": {"id": user["idp"]},
                                         "protocol": {"id": "openid"}, "groups": []}
@@ -107,7 +110,9 @@ class TokensHandler(BaseHandler):
                 user = cloud.user_by_name(uname or "")
                 cred = next((c for c in cloud.app_creds.values()
                              if user and c["name"] == ac["name"] and c["user_id"] == user["id"]), None)
-            if cred is None or cred["secret"] != ac.get("secret"):
+            if cred is None or not isinstance(ac.get("secret"), str) or \
+                    not hmac.compare_digest(cred["secret"].encode(), ac["secret"].encode()) or \
+                    keystone_appcreds.expired(cred):
                 raise unauthorized
             if scope:
                 raise APIError(401, "Application credentials cannot request a scope.", kind="Unauthorized")
@@ -298,7 +303,7 @@ class EC2CredentialsHandler(BaseHandler):
 def routes(cloud):
     a = {"cloud": cloud}
     p = PREFIX
-    return [
+    return keystone_appcreds.routes(cloud) + [
         (rf"{p}/?", VersionsHandler, a),
         (rf"{p}/v3/?", V3Handler, a),
         (rf"{p}/v3/auth/tokens/?", TokensHandler, a),

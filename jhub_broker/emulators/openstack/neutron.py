@@ -656,6 +656,18 @@ class ExtensionsHandler(NeutronHandler):
         raise APIError(404, f"Extension with alias {alias} does not exist", kind="HTTPNotFound")
 
 
+class AvailabilityZonesHandler(NeutronHandler):
+    """``availability_zones`` (the ``availability_zone`` extension): one zone, ``nova``, for networks and routers."""
+
+    def get(self):
+        zones = [{"name": "nova", "resource": r, "state": "available"} for r in ("network", "router")]
+        for key in ("name", "resource", "state"):
+            wanted = self.get_arguments(key)
+            if wanted:
+                zones = [z for z in zones if z[key] in wanted]
+        self.send({"availability_zones": zones})
+
+
 class CollectionHandler(NeutronHandler):
     def get(self):
         self.list(self.collection)
@@ -723,9 +735,11 @@ class CollectionHandler(NeutronHandler):
             raise _bad(f"Invalid input for cidr. Reason: '{data['cidr']}' is not a valid IP subnet.")
         try:
             cidr = ipaddress.ip_network(data["cidr"], strict=False)
+            written = ipaddress.ip_interface(data["cidr"])
         except ValueError:
             raise _bad(f"Invalid input for cidr. Reason: '{data['cidr']}' is not a valid IP subnet.")
-        if str(cidr) != data["cidr"] and str(cidr.network_address) != data["cidr"].split("/")[0]:
+        # as Neutron: host bits are accepted (10.0.0.5/24 becomes 10.0.0.0/24), odd spellings are not
+        if "/" not in data["cidr"] or (written.version == 4 and str(written) != data["cidr"]):
             raise _bad(f"Invalid input for cidr. Reason: '{data['cidr']}' isn't a recognized IP subnet cidr, "
                        f"'{cidr}' is recommended.")
         if cidr.version != ip_version:
@@ -736,8 +750,11 @@ class CollectionHandler(NeutronHandler):
                            f"such as {_suggest_cidr(cloud, cidr.prefixlen)}")
         if cidr.prefixlen > 30:
             raise _invalid(f"Requested subnet with cidr: {cidr} is too small; use a prefix length of 30 or less")
+        # overlapping IPs are allowed across networks (Neutron's default); fixed IPs stay unique cloud-wide
+        # all the same, since they are the host's loopback addresses
         for other in cloud.subnets.values():
-            if other["ip_version"] == 4 and cidr.overlaps(ipaddress.ip_network(other["cidr"])):
+            if other["network_id"] == net["id"] and other["ip_version"] == 4 and \
+                    cidr.overlaps(ipaddress.ip_network(other["cidr"])):
                 raise _invalid(f"Requested subnet with cidr: {cidr} for network: {net['id']} overlaps with "
                                f"another subnet")
         gateway = data.get("gateway_ip", "auto")
@@ -1321,6 +1338,11 @@ class RouterInterfaceHandler(NeutronHandler):
                 if p["device_id"] == router["id"] and p["network_id"] == sub["network_id"]:
                     raise APIError(400, f"Bad router request: Router already has a port on network "
                                         f"{sub['network_id']}.", kind="BadRequest")
+            for other_id in router["_interfaces"]:
+                other = cloud.subnets.get(other_id)
+                if other and ipaddress.ip_network(other["cidr"]).overlaps(ipaddress.ip_network(sub["cidr"])):
+                    raise APIError(400, f"Bad router request: Cidr {sub['cidr']} of subnet {sub['id']} overlaps "
+                                        f"with cidr {other['cidr']} of subnet {other['id']}.", kind="BadRequest")
             port = create_port(cloud, router["project_id"],
                                {"network_id": sub["network_id"], "device_owner": "network:router_interface",
                                 "device_id": router["id"], "port_security_enabled": False,
@@ -1397,18 +1419,42 @@ class TagsHandler(NeutronHandler):
         res = self._res(rid)
         self.check_owner(self.collection, res, "update")
         if tag is None:
-            tags = self.body().get("tags")
-            if not isinstance(tags, list) or not all(isinstance(t, str) and 0 < len(t) <= 255 for t in tags):
-                raise _bad(f"Invalid input for tags. Reason: '{tags}' is not a valid list of tags.")
-            res["tags"] = list(dict.fromkeys(tags))
+            tags = self._tags_body()
+            res["tags"] = sorted(set(tags))
             _touch(res)
             return self.send({"tags": list(res["tags"])})
         if len(tag) > 255:
             raise _bad(f"Invalid input for tag. Reason: '{tag[:20]}...' exceeds maximum length of 255.")
         if tag not in res["tags"]:
-            res["tags"].append(tag)
+            # Neutron lists tags in the order of its (resource, tag) key: sorted
+            res["tags"] = sorted(res["tags"] + [tag])
             _touch(res)
         self.send(None, status=201)
+
+    def post(self, rid, tag=None):
+        """Bulk tag add (the ``tag-creation`` extension): the tags not there yet are added, none removed."""
+        if tag is not None:
+            raise web_405()
+        res = self._res(rid)
+        self.check_owner(self.collection, res, "update")
+        tags = self._tags_body()
+        if not set(tags) <= set(res["tags"]):
+            res["tags"] = sorted(set(res["tags"]) | set(tags))
+            _touch(res)
+        self.send({"tags": tags}, status=201)
+
+    def _tags_body(self):
+        body = self.body()
+        if "tags" not in body:
+            raise _bad("Invalid tags body", kind="InvalidInput")
+        tags = body["tags"]
+        if not isinstance(tags, list) or not all(isinstance(t, str) and 0 < len(t) <= 255 for t in tags):
+            raise _bad(f"Invalid input for operation: '{tags}' is not a valid list of tags.", kind="InvalidInput")
+        dupes = sorted({t for t in tags if tags.count(t) > 1})
+        if dupes:
+            raise _bad(f"Invalid input for operation: Duplicate items in the list: '{', '.join(dupes)}'.",
+                       kind="InvalidInput")
+        return tags
 
     def delete(self, rid, tag=None):
         res = self._res(rid)
@@ -1487,6 +1533,7 @@ def routes(cloud):
         (rf"{V2}/?", V2Handler, a),
         (rf"{V2}/extensions{j}/?", ExtensionsHandler, a),
         (rf"{V2}/extensions/([^/]+?){j}/?", ExtensionsHandler, a),
+        (rf"{V2}/availability_zones{j}/?", AvailabilityZonesHandler, a),
         (rf"{V2}/quotas{j}/?", QuotasHandler, a),
         (rf"{V2}/quotas/([^/]+?)/(details|default){j}/?", QuotasHandler, a),
         (rf"{V2}/quotas/([^/]+?){j}/?", QuotasHandler, a),

@@ -12,6 +12,7 @@ import base64
 import binascii
 import datetime
 import hashlib
+import itertools
 import logging
 import random
 import re
@@ -19,12 +20,14 @@ import time
 import uuid
 from urllib.parse import urlencode
 
+from . import nova_extensions
 from .cloud import new_id, now_iso
 from .web import APIError, BaseHandler
 
 log = logging.getLogger("jhub_broker.cloud.nova")
 
 PREFIX = "/compute"
+_INSTANCE_NUMBERS = itertools.count(1)  # Nova's instance_name is "instance-" + its database id in hex
 MIN_VERSION = (2, 1)
 MAX_VERSION = (2, 96)
 GiB = 1024 ** 3
@@ -628,6 +631,12 @@ def security_group_names(cloud, server):
     return names
 
 
+def _hostname(name):
+    """The hostname Nova derives from a display name (lower case, letters, digits and dashes)."""
+    host = re.sub(r"[^a-z0-9.-]+", "-", (name or "").lower()).strip(".-")[:63]
+    return host or "server"
+
+
 def server_view(h, s, detail=True):
     cloud = h.cloud
     links = h.links("servers", s["id"])
@@ -636,10 +645,21 @@ def server_view(h, s, detail=True):
     s["addresses"] = addresses(cloud, s)
     out = {k: v for k, v in s.items() if not k.startswith("_")}
     out["links"] = links
-    if h.ver("2.3") and getattr(h, "is_admin", False):
+    if getattr(h, "is_admin", False):
         # extended server attributes are admin-only, as with Nova's default policy
-        out["OS-EXT-SRV-ATTR:user_data"] = s.get("_user_data_b64")
-        out["OS-EXT-SRV-ATTR:hostname"] = s["name"]
+        out["OS-EXT-SRV-ATTR:host"] = s.get("_host")
+        out["OS-EXT-SRV-ATTR:hypervisor_hostname"] = s.get("_host")
+        out["OS-EXT-SRV-ATTR:instance_name"] = s.get("_instance_name", "")
+        if h.ver("2.3"):
+            out["OS-EXT-SRV-ATTR:reservation_id"] = s.get("_reservation_id")
+            out["OS-EXT-SRV-ATTR:launch_index"] = s.get("_launch_index", 0)
+            out["OS-EXT-SRV-ATTR:kernel_id"] = ""
+            out["OS-EXT-SRV-ATTR:ramdisk_id"] = ""
+            out["OS-EXT-SRV-ATTR:hostname"] = _hostname(s["name"])
+            out["OS-EXT-SRV-ATTR:root_device_name"] = "/dev/vda"
+            out["OS-EXT-SRV-ATTR:user_data"] = s.get("_user_data_b64")
+    elif h.ver("2.90"):
+        out["OS-EXT-SRV-ATTR:hostname"] = _hostname(s["name"])
     out["security_groups"] = security_group_names(cloud, s)
     if not out["security_groups"]:
         out.pop("security_groups")
@@ -1030,6 +1050,8 @@ class ServersHandler(NovaHandler):
             s = self._create_one(sname, data, flavor, image, key_name, az, metadata, tags, decoded, user_data,
                                  net_plan, sg_ids, vol_plan)
             first = first or s
+            # one reservation per request; launch_index numbers the servers it made
+            s["_reservation_id"], s["_launch_index"] = first["_reservation_id"], i
         out = {"id": first["id"], "links": self.links("servers", first["id"]), "OS-DCF:diskConfig": "MANUAL",
                "security_groups": [{"name": cloud.security_groups[g]["name"]} for g in sg_ids],
                "adminPass": first["_admin_pass"]}
@@ -1171,6 +1193,7 @@ class ServersHandler(NovaHandler):
             "_created_ts": t, "_updated_ts": t, "_admin_pass": "".join(
                 random.choice("abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(12)),
             "_reservation_id": "r-" + new_id()[:8], "_key_public": None,
+            "_instance_name": "instance-%08x" % next(_INSTANCE_NUMBERS),
         }
         if key_name:
             s["_key_public"] = c.keypairs[f"{pid}:{key_name}"]["public_key"]
@@ -1409,6 +1432,8 @@ class ServerActionHandler(NovaHandler):
                     _set_state(s, "ERROR", "error", None, 0)
                     s["fault"] = {"code": 500, "message": str(getattr(e, "message", None) or e), "created": now_iso()}
             return self.send(None, status=202)
+        if action in ("addSecurityGroup", "removeSecurityGroup"):
+            return self._change_security_group(s, action, arg)
         if action == "reboot":
             rtype = (arg or {}).get("type") if isinstance(arg, dict) else None
             if rtype not in ("SOFT", "HARD"):
@@ -1417,6 +1442,33 @@ class ServerActionHandler(NovaHandler):
             _set_state(s, "ACTIVE", "active", None, 1)
             return self.send(None, status=202)
         raise APIError(404, f"There is no such action: {action}")
+
+    def _change_security_group(self, s, action, arg):
+        """``openstack server add/remove security group``: Nova changes the groups of every port of the server."""
+        name = arg.get("name") if isinstance(arg, dict) else None
+        if not isinstance(name, str) or not name:
+            raise bad_input("name", name, "'name' is a required property")
+        pid = s["tenant_id"]
+        if name == "default":
+            self.cloud.default_security_group(pid)
+        sg = next((g for g in self.cloud.security_groups.values()
+                   if g["project_id"] == pid and (g["id"] == name or g["name"] == name)), None)
+        if sg is None:
+            raise APIError(404, f"Security group {name} not found for project {pid}.")
+        ports = [p for p in self.cloud.ports.values() if p.get("device_id") == s["id"]]
+        if not ports:
+            raise APIError(400, "Unable to add security group to the instance: it has no ports")
+        if action == "addSecurityGroup":
+            for p in ports:
+                if sg["id"] not in p["security_groups"]:
+                    p["security_groups"].append(sg["id"])
+        else:
+            if not any(sg["id"] in p["security_groups"] for p in ports):
+                raise APIError(400, f"Security group {name} not associated with the instance {s['id']}")
+            for p in ports:
+                if sg["id"] in p["security_groups"]:
+                    p["security_groups"].remove(sg["id"])
+        return self.send(None, status=202)
 
 
 class InterfacesHandler(NovaHandler):
@@ -1499,7 +1551,37 @@ class VolumeAttachmentsHandler(NovaHandler):
         self.send({"volumeAttachment": self._view(s, bdm)})
 
     def put(self, server_id, volume_id=None):
-        raise APIError(403, "Policy doesn't allow os_compute_api:os-volumes-attachments:swap to be performed.")
+        if volume_id is None:
+            raise APIError(405, "Method not allowed")
+        s = self.server_or_404(server_id)
+        data = self.nova_body("volumeAttachment")
+        new_id_ = data.get("volumeId")
+        if not isinstance(new_id_, str) or not new_id_:
+            raise bad_input("volumeAttachment", data, "'volumeId' is a required property")
+        if volume_id not in self.cloud.volumes:
+            raise APIError(404, f"Volume {volume_id} could not be found.")
+        if not self.ver("2.85") or new_id_ != volume_id:
+            raise APIError(403, "Policy doesn't allow os_compute_api:os-volumes-attachments:swap to be performed.")
+        # 2.85: the same volume: an update of the attachment, of which only delete_on_termination may change
+        allowed = {"volumeId", "device", "id", "serverId", "tag", "delete_on_termination"}
+        extra = sorted(set(data) - allowed)
+        if extra:
+            raise bad_input("volumeAttachment", data,
+                            f"Additional properties are not allowed ('{extra[0]}' was unexpected)")
+        bdm = self._bdm(s, volume_id)
+        for key, current in (("id", volume_id), ("serverId", s["id"]), ("device", bdm["device"]),
+                             ("tag", bdm.get("tag"))):
+            if key in data and data[key] != current:
+                raise APIError(400, f"The {key} property is not mutable")
+        if "delete_on_termination" in data:
+            value = data["delete_on_termination"]
+            if not isinstance(value, bool):
+                raise bad_input("volumeAttachment.delete_on_termination", value, f"{value!r} is not of type 'boolean'")
+            bdm["delete_on_termination"] = value
+            for v in s["os-extended-volumes:volumes_attached"]:
+                if v["id"] == volume_id:
+                    v["delete_on_termination"] = value
+        self.send(None, status=202)
 
     async def delete(self, server_id, volume_id=None):
         if volume_id is None:
@@ -1516,6 +1598,9 @@ class VolumeAttachmentsHandler(NovaHandler):
         self.send(None, status=202)
 
 
+_ExtensionsHandler = nova_extensions.handler_class(NovaHandler)
+
+
 def routes(cloud):
     a = {"cloud": cloud}
     v = rf"{PREFIX}/v2\.1"
@@ -1523,6 +1608,8 @@ def routes(cloud):
     return [
         (rf"{PREFIX}/?", VersionsHandler, a),
         (rf"{v}/?", V21Handler, a),
+        (rf"{v}/extensions/?", _ExtensionsHandler, a),
+        (rf"{v}/extensions/([^/]+)/?", _ExtensionsHandler, a),
         (rf"{v}/flavors/?()", FlavorsHandler, a),
         (rf"{v}/flavors/(detail)/?", FlavorsHandler, a),
         (rf"{v}/flavors/([^/]+)/os-extra_specs/?", ExtraSpecsHandler, a),

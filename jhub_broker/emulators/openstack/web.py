@@ -78,6 +78,9 @@ class BaseHandler(web.RequestHandler):
         self.finish(json.dumps(data))
 
     def finish(self, chunk=None):
+        if self.request.method not in ("GET", "HEAD") and getattr(self.cloud, "vm_runner", None) is not None:
+            # groups, rules or ports may have changed: VMs enforce the new rules from the next connection
+            self.cloud.vm_runner.refresh_ingress()
         rule, self._after_fault = self._after_fault, None
         if rule is None:
             return super().finish(chunk)

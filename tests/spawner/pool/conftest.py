@@ -13,7 +13,7 @@ MiB = 2 ** 20
 # m1.small: 1 vCPU, 2048 MB; minus 512 MB reserved -> 1536 MiB: two notebooks of 0.5 vCPU / 700 MiB each
 POOL = {"flavor": "m1.small", "image": "debian-docker-host", "read_only_binds": {VENV: VENV},
         "idle_host_timeout": 3600.0, "host_boot_timeout": 240.0}
-SHARED = {"slug": "shared", "display_name": "Shared notebook", "placement": "shared", "pool": "small",
+SHARED = {"slug": "shared", "display_name": "Shared notebook", "placement": "shared", "pool": "small", "image": "jhub-base",
           "cpu_limit": 0.5, "mem_limit": 700 * MiB}
 
 needs_docker = pytest.mark.skipif(not dockerhost.docker_installed(),

@@ -1,12 +1,18 @@
-"""Floating IPs: forward floating:port to fixed:port for every port a VM listens on."""
+"""Floating IPs: forward floating:port to fixed:port for every port a VM listens on.
+
+The connection to the fixed IP is made from the client's own address (every 127.x address is the
+host's), so the VM's security-group check (bindshim.c) sees the real source, as behind Neutron's NAT.
+"""
 import asyncio
 import ipaddress
 import logging
+import socket
 
 log = logging.getLogger("jhub_broker.cloud.vm")
 
 SCAN_INTERVAL = 0.3
 TCP_LISTEN = "0A"
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 def _decode(hex_addr):
@@ -101,7 +107,7 @@ class FloatingForwarder:
         self.connections.add(task)
         try:
             try:
-                up_reader, up_writer = await asyncio.open_connection(self.fixed, port)
+                up_reader, up_writer = await asyncio.open_connection(sock=await self._upstream(writer, port))
             except OSError:
                 writer.close()
                 return
@@ -110,6 +116,22 @@ class FloatingForwarder:
             writer.close()
         finally:
             self.connections.discard(task)
+
+    async def _upstream(self, client, port):
+        """A socket connected to fixed:port from the client's address (the host's own if not loopback)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            peer = client.get_extra_info("peername")
+            if peer and ipaddress.ip_address(peer[0]).is_loopback:
+                # the port is picked at connect time, so the client's address is shared by any number of these
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((peer[0], 0))
+            await asyncio.get_running_loop().sock_connect(sock, (self.fixed, port))
+            return sock
+        except BaseException:
+            sock.close()
+            raise
 
     async def stop(self):
         if self._task:

@@ -13,6 +13,7 @@ import time
 
 import yaml
 
+from .. import secgroups
 from . import cloudinit, dockerhost, procs, sandbox
 from .disks import DiskSlots, evict
 from .forwarder import FloatingForwarder
@@ -49,6 +50,7 @@ class VMRunner:
         self.forwarders = {}  # floating address -> FloatingForwarder
         self._boot_tokens = {}  # server id -> token of the boot in progress (stop() revokes it)
         self._removals = set()  # background removals of deleted VMs' files
+        self._ingress = {}  # server id -> the allow-list last written to its VM
         os.makedirs(self.root_dir, exist_ok=True)
         self._unmount_stale_disks()
 
@@ -171,6 +173,7 @@ class VMRunner:
             sandbox.configure_etc(etc, name, fixed_ip, shim)
             if docker_host:
                 dockerhost.write_daemon_json(etc)
+            self._write_ingress(server_id)
             default_user = "ubuntu" if image.get("os_distro") == "ubuntu" else "debian"
             with open(os.path.join(etc, "cloud", "cloud.cfg") if os.path.isdir(os.path.join(etc, "cloud"))
                       else os.devnull, "w") as f:
@@ -365,6 +368,7 @@ class VMRunner:
 
     async def stop(self, server_id):
         self._boot_tokens.pop(server_id, None)
+        self._ingress.pop(server_id, None)
         await self._kill(server_id)
         vm_dir = self.vm_dir(server_id)
         if os.path.isdir(vm_dir):
@@ -376,6 +380,42 @@ class VMRunner:
             task = asyncio.ensure_future(_remove_tree(trash))
             self._removals.add(task)
             task.add_done_callback(self._removals.discard)
+        self.refresh_ingress()  # its address leaves the groups it was in
+
+    # -- security groups (see secgroups.py) ----------------------------------------
+    def _write_ingress(self, server_id):
+        text = secgroups.render(secgroups.allow_lines(self.cloud, server_id))
+        if self._ingress.get(server_id) == text:
+            return
+        # The VM's root owns its /etc while it runs and could plant symlinks there pointing into the
+        # host: every step is taken relative to a directory opened without following links.
+        etc = os.path.join(self.vm_dir(server_id), "etc")
+        subdir, name = secgroups.GUEST_PATH.split("/etc/", 1)[1].split("/")
+        nofollow = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        etc_fd = os.open(etc, nofollow)
+        try:
+            dir_fd = os.open(subdir, nofollow, dir_fd=etc_fd)
+        finally:
+            os.close(etc_fd)
+        try:
+            tmp = f".{name}.{os.getpid()}.{time.monotonic_ns()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                os.fchmod(f.fileno(), 0o644)
+            # the shim reads either the old list or the new one, never half of one
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._ingress[server_id] = text
+
+    def refresh_ingress(self):
+        """Rewrite the allow-list of every VM whose groups, rules or group members changed."""
+        for server_id in list(self.vms):
+            try:
+                self._write_ingress(server_id)
+            except Exception:  # noqa: BLE001 - called after every API request: never fail the request
+                log.exception("VM %s: cannot update its security-group allow-list", server_id)
 
     async def add_floating_ip(self, floating_address, fixed_address):
         await self.remove_floating_ip(floating_address)
