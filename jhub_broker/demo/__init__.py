@@ -36,6 +36,7 @@ import time
 import urllib.error
 import urllib.request
 
+from ..services.environments.builder import others_can_traverse
 from .cloud import CLOUD_NAME, CloudStartError, _log_tail, print_cli_help, start_demo_cloud, stop_demo_cloud
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -267,21 +268,6 @@ c.Authenticator.allow_all = True
 '''
 
 
-def _others_can_traverse(path):
-    """Whether every directory down to ``path`` lets other users through (o+x)."""
-    path = os.path.abspath(path)
-    while True:
-        try:
-            if not os.stat(path).st_mode & 0o001:
-                return False
-        except OSError:
-            return False
-        parent = os.path.dirname(path)
-        if parent == path:
-            return True
-        path = parent
-
-
 def write_hub_config(state_dir, port, clouds_yaml, checkin=None, s3=None):
     chp = shutil.which("configurable-http-proxy") or "configurable-http-proxy"
     _write_secret(os.path.join(state_dir, "secrets", "demo-supervisor-token"))
@@ -292,7 +278,7 @@ def write_hub_config(state_dir, port, clouds_yaml, checkin=None, s3=None):
     else:
         auth = DUMMY_AUTH
     extra = ["--BrokerService.allow_insecure_login_methods=True"]  # a demo may switch to Dummy login
-    if os.geteuid() == 0 and not _others_can_traverse(state_dir):
+    if os.geteuid() == 0 and not others_can_traverse(state_dir):
         # run as root under a private directory (e.g. ~root): the service's builds and smoke test cannot run
         # as 'nobody' there, so they run as the demo's own user (still without the service's token or key)
         extra += ["--BrokerService.smoke_test_user=", "--BrokerService.build_user="]

@@ -71,7 +71,8 @@ def chown_tree(path, uid, gid):
                 continue
 
 
-def _others_can_traverse(path):
+def others_can_traverse(path):
+    """Whether every directory down to ``path`` lets other users through (o+x)."""
     path = os.path.abspath(path)
     while True:
         try:
@@ -294,7 +295,7 @@ async def build_env(dest, base_python, log, requirements=None, lockfile=None, in
         log(f"== installing with {installer}")
         switch = as_user(build_user)
         home = "/tmp"
-        if switch and not _others_can_traverse(os.path.dirname(dest)):
+        if switch and not others_can_traverse(os.path.dirname(dest)):
             raise BuildError(f"the build user {build_user} cannot reach {os.path.dirname(dest)}: every directory "
                              "above the environments root must be traversable by others (chmod o+x), or set "
                              "BrokerService.build_user")
