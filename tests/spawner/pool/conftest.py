@@ -47,6 +47,14 @@ async def pool_hub(local_cloud, tmp_path_factory):
     await asyncio.to_thread(wipe_hub_resources, local_cloud)
 
 
+def pool_manager(app, pool="small"):
+    """This hub's manager of ``pool``: managers of hubs stopped earlier in the same process (another test module
+    on this worker) may still be registered, so pick by this hub's lifecycle (its cloud adapter and hub id)."""
+    spawner = next(iter(app.users.values())).spawner
+    (mgr,) = [m for m in PoolManager.of(spawner.lifecycle) if m.config.name == pool]
+    return mgr
+
+
 def pool_hosts(cloud, pool="small"):
     conn = cloud.connect()
     return [s for s in conn.compute.servers(details=True, tags=f"jhub-broker-pool-{pool}")]

@@ -5,11 +5,10 @@ import time
 
 from jhub_broker.spawner import bootstrap
 from jhub_broker.spawner.pool import docker as pooldocker
-from jhub_broker.spawner.pool.manager import PoolManager
 from jhub_broker.spawner.reaper import Reaper
 from tests.spawner.conftest import wipe_hub_resources
 
-from .conftest import SHARED, needs_docker, pool_hosts, start_pool_hub, stop_pool_hub
+from .conftest import SHARED, needs_docker, pool_hosts, pool_manager, start_pool_hub, stop_pool_hub
 
 pytestmark = needs_docker
 
@@ -30,7 +29,7 @@ async def test_hub_killed_during_scale_up_adopts_notebooks_and_reaps_orphans(loc
         state = app.users["keeper"].spawner.get_state()
         (first,) = [h.id for h in pool_hosts(local_cloud)]
         # a container of a spawn whose state the hub never saved (it died first)
-        (mgr,) = PoolManager._instances.values()
+        mgr = pool_manager(app)
         client = mgr.hosts[first].client
         ghost = await pooldocker.call(client, "create_container", "jhub-base", ["sleep", "infinity"],
                                       name="jupyter-test-ghost", labels={f"{pooldocker.LABEL}.pool": "small",

@@ -4,12 +4,11 @@ hosts; what a container can do; a user's files follow them to another host; the 
 import asyncio
 import dataclasses
 
-from jhub_broker.spawner.pool.manager import PoolManager
 from tests.fixtures.kernel import execute_over_websocket
 
 from tests.spawner.conftest import failed_spawn
 
-from .conftest import needs_docker, pool_hosts
+from .conftest import needs_docker, pool_hosts, pool_manager
 
 pytestmark = needs_docker
 
@@ -37,9 +36,6 @@ def placement(app, name):
     return app.users[name].spawner.get_state()
 
 
-def manager():
-    (mgr,) = PoolManager._instances.values()
-    return mgr
 
 
 async def test_five_users_fill_three_hosts_and_run_code(pool_hub, local_cloud):
@@ -132,7 +128,7 @@ async def test_files_follow_the_user_to_another_host(pool_hub):
 
 async def test_idle_hosts_go_down_to_headroom_and_busy_ones_stay(pool_hub, local_cloud):
     app, hub = pool_hub
-    mgr = manager()
+    mgr = pool_manager(app)
     busy = {placement(app, n)["host_id"] for n in USERS}
     assert hub.empty_host not in busy and hub.empty_host in {h.id for h in pool_hosts(local_cloud)}
     # an idle window of 0 s: every empty host is due; headroom 1 keeps the empty one (the busy are full)
@@ -183,7 +179,7 @@ async def test_headroom_keeps_a_host_ready_for_the_next_start(pool_hub, local_cl
     assert (await hub.start_and_wait("roomy", timeout=300))["ready"]
     # roomy's new host has one free slot left: one more host boots so that two stay free
     deadline = asyncio.get_running_loop().time() + 240
-    while not [h for h in manager().hosts.values() if h.server_id not in before and h.ready.done()
+    while not [h for h in pool_manager(app).hosts.values() if h.server_id not in before and h.ready.done()
                and not h.reservations]:
         assert asyncio.get_running_loop().time() < deadline, "no host was booted for the headroom"
         await asyncio.sleep(0.5)
